@@ -1,0 +1,3 @@
+from safemeta.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""Typed configuration: dataclasses with a doc per field, presets, overrides, validation.
+
+Every algorithm has one flat config dataclass (CleanRL style) deriving from
+`CommonConfig`. Fields are declared with `param(default, doc, low=, high=, choices=)`.
+The resolved config is defaults <- preset <- YAML file <- `--set key=value`; unknown
+keys, wrong types and out-of-range values raise `ConfigError` with one line naming
+the key and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: the message is one line for the user."""
+
+
+def param(
+    default: Any,
+    doc: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
+    """A config field with a one-line doc and its accepted range."""
+    meta = {"doc": doc, "low": low, "high": high, "low_open": low_open, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass
+class CommonConfig:
+    """Fields every algorithm shares."""
+
+    seed: int = param(0, "root seed; every generator is derived from it", low=0)
+    device: str = param("cpu", "torch device for learners", choices=("cpu", "cuda"))
+    iterations: int = param(100, "meta-training iterations", low=0)
+    meta_batch: int = param(10, "training tasks per meta-iteration", low=1)
+    val_tasks: int = param(10, "validation tasks for the meta-training curves", low=1)
+    eval_every: int = param(1, "evaluate on validation tasks every N iterations", low=1)
+    test_tasks: int = param(20, "held-out test tasks in meta-test", low=1)
+    test_steps: int = param(20, "adaptation steps per test task in meta-test", low=0)
+    checkpoint_every: int = param(10, "write a checkpoint every N iterations", low=1)
+    keep_checkpoints: int = param(3, "how many checkpoints to keep", low=1)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
+
+
+def _type_of(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert `value` (possibly a string from the command line) to `typ`, or ConfigError."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return coerce(key, value, args[0])
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(typ)[:1] or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()] if value.strip() else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        items = [coerce(key, v, inner) for v in value]
+        return items if origin is list else tuple(items)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return out
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def check_field(cls: type, f: dataclasses.Field, value: Any) -> None:
+    m = f.metadata
+    choices, low, high = m.get("choices"), m.get("low"), m.get("high")
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if v is None:
+            continue
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{f.name}: got {v!r}; accepted {', '.join(map(str, choices))}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            bad_low = low is not None and (v <= low if m.get("low_open") else v < low)
+            if bad_low or (high is not None and v > high):
+                lo = "" if low is None else ("> " if m.get("low_open") else ">= ") + f"{low:g}"
+                hi = "" if high is None else f"<= {high:g}"
+                raise ConfigError(
+                    f"{f.name}: got {v!r}; accepted {' and '.join(s for s in (lo, hi) if s)}"
+                )
+
+
+def build(cls: type, *layers: Mapping[str, Any]) -> Any:
+    """Instantiate config `cls` from defaults overridden by each mapping in turn."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"unknown key {key!r} for {cls.__name__}; accepted: {', '.join(fields)}"
+                )
+            values[key] = coerce(key, value, _type_of(cls, key))
+    cfg = cls(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Any) -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        value = coerce(f.name, value, _type_of(type(cfg), f.name))
+        setattr(cfg, f.name, value)
+        check_field(type(cfg), f, value)
+    post = getattr(cfg, "check", None)
+    if callable(post):
+        post()
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`["a=1", "b=x"]` -> {"a": "1", "b": "x"}; ConfigError on a malformed item."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set: expected key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config: {path} is not valid YAML ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of key: value")
+    return data
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def diff(cfg: Any) -> dict[str, Any]:
+    """Fields whose value differs from the class default."""
+    default = type(cfg)()
+    a, b = to_dict(cfg), to_dict(default)
+    return {k: v for k, v in a.items() if v != b[k]}
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v

@@ -1,0 +1,104 @@
+"""What every task suite offers (SPEC §4): a task distribution and envs built from tasks.
+
+A *task* is a small frozen dataclass (printable, JSON-serialisable through
+``dataclasses.asdict``). A *suite* samples tasks per split and builds a standard
+``gymnasium.Env`` for a task, with the per-step cost in ``info["cost"]``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base class of task records. Subclasses add typed fields and `validate`."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the parameter when the task is impossible."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
+class ParamRange:
+    """The range of one task parameter in one split, for `safemeta envs`."""
+
+    name: str
+    low: float
+    high: float
+    doc: str = ""
+
+
+class Suite(abc.ABC):
+    """A distribution of constrained tasks and the env for each task."""
+
+    id: ClassVar[str]
+    description: ClassVar[str]
+    task_type: ClassVar[type[Task]]
+    family: ClassVar[str] = "continuous"  # "tabular" or "continuous"
+    horizon: int
+    cost_limit: float  # per-episode limit d on the declared cost return
+    cost_type: str = "undiscounted"  # "undiscounted" | "discounted": which return the limit binds
+    num_costs: int = 1
+    cost_doc: str = ""
+
+    @abc.abstractmethod
+    def sample_tasks(
+        self, n: int, rng: np.random.Generator, split: str = "train"
+    ) -> list[Task]:
+        """`n` tasks from the split's distribution."""
+
+    @abc.abstractmethod
+    def make(self, task: Task, **kwargs: Any) -> gym.Env:
+        """A gymnasium.Env for `task`; cost in info["cost"]."""
+
+    @abc.abstractmethod
+    def param_ranges(self, split: str) -> list[ParamRange]:
+        """Task parameters and their ranges in `split`."""
+
+    def task_from_dict(self, d: dict[str, Any]) -> Task:
+        d = {k: v for k, v in d.items() if k != "type"}
+        fields = {f.name: f for f in dataclasses.fields(self.task_type)}
+        unknown = set(d) - set(fields)
+        if unknown:
+            raise ValueError(f"task: unknown field(s) {sorted(unknown)}; accepted {sorted(fields)}")
+        args = {k: tuple(map(_tuplify, v)) if isinstance(v, list) else v for k, v in d.items()}
+        task = self.task_type(**args)
+        task.validate()
+        return task
+
+    def spaces(self) -> tuple[gym.Space, gym.Space]:
+        """Observation and action spaces (the same for every task of the suite)."""
+        env = self.make(self.sample_tasks(1, np.random.default_rng(0))[0])
+        try:
+            return env.observation_space, env.action_space
+        finally:
+            env.close()
+
+    @staticmethod
+    def check_split(split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split: got {split!r}; accepted {list(SPLITS)}")
+
+
+def _tuplify(v: Any) -> Any:
+    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
+
+
+class CostTuple(gym.Wrapper):
+    """The 6-tuple step of Safety-Gymnasium / OmniSafe:
+    ``(obs, reward, cost, terminated, truncated, info)``."""
+
+    def step(self, action: Any) -> tuple[Any, float, Any, bool, bool, dict[str, Any]]:  # type: ignore[override]
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, info["cost"], terminated, truncated, info
