@@ -45,6 +45,7 @@ class Algorithm(abc.ABC):
 
     id: ClassVar[str]
     Config: ClassVar[type[CommonConfig]]
+    extra_columns: ClassVar[tuple[str, ...]] = ()  # metrics.csv columns beyond METRIC_COLUMNS
 
     def __init__(
         self,

@@ -83,7 +83,7 @@ class RandomCMDPSuite(TabularSuite):
     description = "random CMDPs (8 states, 3 actions) perturbed per task; exact evaluation"
     task_type = RandomTask
     cost_doc = "random per-step cost correlated with reward, rescaled per task"
-    NOISE = {"train": (0.0, 0.3), "test": (0.2, 0.4)}
+    NOISE = {"train": (0.0, 0.3), "test": (0.1, 0.3)}
     SEEDS = {"train": (0, 1_000_000), "test": (1_000_000, 2_000_000)}
 
     def __init__(

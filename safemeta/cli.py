@@ -1,0 +1,148 @@
+"""Command line (SPEC §7). Thin: parses, then calls the run driver.
+
+User errors print one line `safemeta: error: ...` and exit 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from safemeta import config as C
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        sys.stderr.write(f"safemeta: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="safemeta", description="Safe meta-reinforcement learning (Xu & Zhu, NeurIPS 2025).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="the default main job: meta-train and meta-test, then a report")
+    d.add_argument("--env", default="tabular-grid", help="suite (default tabular-grid)")
+    d.add_argument("--out", default=None, help="run directory (default runs/demo-<env>-<time>)")
+    d.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("envs", help="task suites, their task parameters and limits")
+
+    t = sub.add_parser("train", help="meta-train an algorithm on a suite, then meta-test")
+    t.add_argument("--env", required=True, help="suite id (see `safemeta envs`)")
+    t.add_argument("--algo", default="safemeta", help="algorithm id")
+    t.add_argument("--preset", default="quick", help="quick | paper")
+    t.add_argument("--seed", type=int, default=None, help="root seed (same as --set seed=N)")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field (repeatable)")
+    t.add_argument("--config", default=None, help="YAML file of config overrides")
+    t.add_argument("--out", default=None, help="run directory (default runs/<env>-<algo>-s<seed>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--backend", default="local", help="local")
+    t.add_argument("--device", default=None, help="cpu | cuda (same as --set device=...)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("test", help="meta-test a trained run")
+    e.add_argument("run_dir", help="a run directory written by `safemeta train`")
+    e.add_argument("--tasks", type=int, default=None, help="number of test tasks")
+    e.add_argument("--steps", type=int, default=None, help="adaptation steps per task")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except C.ConfigError as e:
+        sys.stderr.write(f"safemeta: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("safemeta: interrupted\n")
+        return 130
+    except Exception as e:  # noqa: BLE001 - RunError / CheckpointError: one line, exit 1
+        from safemeta.experiment.checkpoint import CheckpointError
+        from safemeta.experiment.runner import RunError
+
+        if isinstance(e, (RunError, CheckpointError)):
+            sys.stderr.write(f"safemeta: error: {e}\n")
+            return 1
+        raise
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "envs":
+        from safemeta.experiment.envs_table import print_envs
+
+        print_envs()
+        return 0
+    if args.command == "test":
+        return _test(args)
+    if args.command == "demo":
+        return _demo(args)
+    return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from safemeta.experiment.runner import Run, RunSpec, resolve, resume_command
+
+    overrides: dict[str, Any] = C.parse_overrides(args.sets)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.device is not None:
+        overrides["device"] = args.device
+    spec = RunSpec(env=args.env, algo=args.algo, preset=args.preset, overrides=overrides,
+                   config_file=args.config, out=args.out, resume=args.resume, backend=args.backend)
+    r = resolve(spec)
+    t0 = time.perf_counter()
+    done = Run(r).train(progress=not args.no_progress)
+    if not done:
+        print(f"interrupted; resume with: {resume_command(r)}")
+        return 0
+    print(f"run complete in {time.perf_counter() - t0:.1f} s: {r.out}")
+    print(f"report: {r.out / 'report' / 'report.md'}")
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    from safemeta.experiment.runner import test_run
+
+    for name in ("tasks", "steps"):
+        v = getattr(args, name)
+        if v is not None and v < (1 if name == "tasks" else 0):
+            raise C.ConfigError(f"--{name}: got {v}; accepted an integer >= {1 if name == 'tasks' else 0}")
+    path = test_run(Path(args.run_dir), args.tasks, args.steps)
+    _print_table(path.parent / "metrics.csv")
+    print(f"report: {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from safemeta.experiment.runner import Run, RunSpec, resolve
+
+    out = args.out or os.path.join("runs", f"demo-{args.env}-{time.strftime('%Y%m%d-%H%M%S')}")
+    spec = RunSpec(env=args.env, algo="safemeta", preset="quick", overrides={"seed": args.seed},
+                   out=out)
+    r = resolve(spec)
+    print(f"safemeta demo: meta-train and meta-test `safemeta` on {args.env} (quick preset)")
+    t0 = time.perf_counter()
+    Run(r).train(progress=True)
+    _print_table(r.out / "metrics.csv")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    print(f"report: {r.out / 'report' / 'report.md'} (figures next to it)")
+    return 0
+
+
+def _print_table(path: Path) -> None:
+    from safemeta.experiment.metrics import read_rows
+    from safemeta.experiment.report import markdown_table
+
+    rows = [r for r in read_rows(path) if r["phase"] == "meta_test"]
+    if rows:
+        print("meta-test (reward mean over tasks, max cost over tasks, limit):")
+        print(markdown_table(["step", "reward mean", "cost max", "limit", "violation rate"],
+                             [[r["step"], r["reward_mean"], r["cost_max"], r["cost_limit"],
+                               r["violation_rate"]] for r in rows]))

@@ -1,0 +1,151 @@
+"""The four locomotion task suites (SPEC §4.1, §7 ids).
+
+Splits: the test split draws from the same range as the train split (the MAML /
+ProMP / Meta-CPO locomotion protocol: meta-test tasks are fresh draws of P(Γ),
+held out by sampling, not by range). Ranges are per split in `param_ranges`, so a
+shifted test range is a one-line change.
+
+Default cost limits d (undiscounted episode cost over the horizon) bind: a policy
+trained for reward alone exceeds them. Evidence: ``benchmarks/locomotion_limits.py``.
+Limits scale with the horizon (they are quoted per 200 steps).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from safemeta.envs.base import ParamRange, Suite, Task
+from safemeta.envs.locomotion.envs import (
+    HalfCheetahVelEnv,
+    HopperVelEnv,
+    HumanoidDirEnv,
+    SwimmerVelEnv,
+    TaskEnvMixin,
+    check_options,
+)
+from safemeta.envs.locomotion.tasks import DirectionTask, VelocityTask
+
+PAPER_HORIZON = 200  # SPEC §4.1 / issue 3: paper preset episode length
+
+
+class LocomotionSuite(Suite):
+    """A one-parameter locomotion task distribution (uniform per split)."""
+
+    family: ClassVar[str] = "continuous"
+    env_class: ClassVar[type[TaskEnvMixin]]
+    param: ClassVar[str]  # the task field
+    param_doc: ClassVar[str]
+    train_range: ClassVar[tuple[float, float]]  # (low, high) of the uniform distribution
+    test_range: ClassVar[tuple[float, float]]
+    # Default limits per PAPER_HORIZON steps, per cost kind (see module docstring).
+    energy_limit: ClassVar[float]
+    velocity_limit: ClassVar[float]
+
+    def __init__(
+        self, cost: str = "energy", horizon: int = PAPER_HORIZON, cost_limit: float | None = None
+    ) -> None:
+        check_options(cost, horizon)
+        self.cost = cost
+        self.horizon = horizon
+        self.cost_type = "undiscounted"
+        self.cost_limit = self._limit(cost_limit)
+        self.cost_doc = self._cost_doc()
+
+    def _limit(self, cost_limit: float | None) -> float:
+        if cost_limit is None:
+            default = self.energy_limit if self.cost == "energy" else self.velocity_limit
+            return default * self.horizon / PAPER_HORIZON
+        ok = isinstance(cost_limit, (int, float)) and not isinstance(cost_limit, bool)
+        if not ok or not math.isfinite(cost_limit) or cost_limit < 0:
+            raise ValueError(f"cost_limit: got {cost_limit!r}; accepted a finite number >= 0")
+        return float(cost_limit)
+
+    def _cost_doc(self) -> str:
+        if self.cost == "energy":
+            return "per-step control energy ||a||^2 (action clipped to the actuator range)"
+        threshold = self.env_class.velocity_threshold
+        return f"1 per step while speed > {threshold} m/s (Safety-Gymnasium v1 velocity cost)"
+
+    def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Task]:
+        self.check_split(split)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n: got {n!r}; accepted an integer >= 0")
+        low, high = self.split_range(split)
+        values = rng.uniform(low, high, size=n)
+        return [self.task_type(**{self.param: float(v)}) for v in values]
+
+    def make(self, task: Task, render_mode: str | None = None, **kwargs: Any) -> Any:
+        """The env for `task` (extra kwargs, e.g. width/height, go to the v5 env)."""
+        return self.env_class(  # type: ignore[call-arg]
+            task, cost=self.cost, horizon=self.horizon, render_mode=render_mode, **kwargs
+        )
+
+    def split_range(self, split: str) -> tuple[float, float]:
+        self.check_split(split)
+        return self.train_range if split == "train" else self.test_range
+
+    def param_ranges(self, split: str) -> list[ParamRange]:
+        self.check_split(split)
+        low, high = self.split_range(split)
+        return [ParamRange(self.param, low, high, self.param_doc)]
+
+
+class HalfCheetahVelSuite(LocomotionSuite):
+    id = "halfcheetah-vel"
+    description = "HalfCheetah-v5 tracking a target forward velocity; reward -|v_x - v*|"
+    task_type = VelocityTask
+    env_class = HalfCheetahVelEnv
+    param = "target_velocity"
+    param_doc = "target forward velocity v* (m/s), uniform"
+    train_range = (0.0, 2.0)
+    test_range = (0.0, 2.0)
+    energy_limit = 200.0
+    velocity_limit = 25.0
+
+
+class HopperVelSuite(LocomotionSuite):
+    id = "hopper-vel"
+    description = (
+        "Hopper-v5 tracking a target forward velocity; reward -|v_x - v*| + healthy bonus"
+        " - control cost; terminates when unhealthy"
+    )
+    task_type = VelocityTask
+    env_class = HopperVelEnv
+    param = "target_velocity"
+    param_doc = "target forward velocity v* (m/s), uniform"
+    train_range = (0.0, 1.0)
+    test_range = (0.0, 1.0)
+    energy_limit = 60.0
+    velocity_limit = 25.0
+
+
+class SwimmerVelSuite(LocomotionSuite):
+    id = "swimmer-vel"
+    description = "Swimmer-v5 tracking a target forward velocity; reward -|v_x - v*|"
+    task_type = VelocityTask
+    env_class = SwimmerVelEnv
+    param = "target_velocity"
+    param_doc = "target forward velocity v* (m/s), uniform"
+    train_range = (0.0, 1.0)
+    test_range = (0.0, 1.0)
+    energy_limit = 100.0
+    velocity_limit = 25.0
+
+
+class HumanoidDirSuite(LocomotionSuite):
+    id = "humanoid-dir"
+    description = (
+        "Humanoid-v5 running along direction theta; reward 1.25*(speed along theta)"
+        " + alive bonus - control cost; terminates when unhealthy"
+    )
+    task_type = DirectionTask
+    env_class = HumanoidDirEnv
+    param = "direction"
+    param_doc = "running direction theta (rad from +x), uniform"
+    train_range = (0.0, 0.9)
+    test_range = (0.0, 0.9)
+    energy_limit = 60.0
+    velocity_limit = 25.0

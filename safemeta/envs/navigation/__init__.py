@@ -1,0 +1,18 @@
+"""Navigation suites on our own MJCF and lidar (SPEC §4.2): Circle and Button."""
+
+from safemeta.envs.navigation.button import ButtonTask, PointButtonSuite
+from safemeta.envs.navigation.circle import (
+    CarCircleSuite,
+    CarCircleTask,
+    CircleTask,
+    PointCircleSuite,
+)
+
+__all__ = [
+    "ButtonTask",
+    "CarCircleSuite",
+    "CarCircleTask",
+    "CircleTask",
+    "PointButtonSuite",
+    "PointCircleSuite",
+]

@@ -1,0 +1,36 @@
+"""`safemeta envs`: every suite with its task parameters per split, cost, limit and sizes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from safemeta.envs.registry import suite, suite_ids
+
+
+def describe(suite_id: str) -> dict[str, Any]:
+    s = suite(suite_id)
+    obs, act = s.spaces()
+    size = lambda sp: sp.shape[0] if sp.shape else int(getattr(sp, "n", 0))  # noqa: E731
+    return {
+        "id": s.id, "description": s.description, "family": s.family, "horizon": s.horizon,
+        "cost": s.cost_doc, "cost_limit": s.cost_limit, "cost_type": s.cost_type,
+        "obs": size(obs), "act": size(act),
+        "params": {split: s.param_ranges(split) for split in ("train", "test")},
+    }
+
+
+def print_envs() -> None:
+    for sid in suite_ids():
+        try:
+            d = describe(sid)
+        except Exception as e:  # noqa: BLE001 - one suite failing must not hide the others
+            print(f"{sid}: unavailable ({type(e).__name__}: {e})\n")
+            continue
+        print(f"{d['id']}  [{d['family']}]  {d['description']}")
+        print(f"  obs {d['obs']}  act {d['act']}  horizon {d['horizon']}  "
+              f"cost limit {d['cost_limit']:g} ({d['cost_type']} episode cost)")
+        print(f"  cost: {d['cost']}")
+        for split, ranges in d["params"].items():
+            txt = ", ".join(f"{p.name} in [{p.low:g}, {p.high:g}]" for p in ranges)
+            print(f"  {split:5s}: {txt}")
+        print()

@@ -1,0 +1,117 @@
+"""Run reports (SPEC §5): Markdown with PNG figures and a summary table."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from safemeta.experiment.metrics import read_rows
+
+
+def _plt() -> Any:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_png(rows: list[dict[str, Any]], x: str, path: Path, title: str,
+               series: dict[str, list[dict[str, Any]]] | None = None) -> Path:
+    """Two panels: average reward and maximum cost vs `x`, the limit dashed.
+    `series` maps a label (algorithm) to its rows; default one unlabelled series."""
+    plt = _plt()
+    series = series or {"": rows}
+    fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(10, 3.6))
+    limit = None
+    for label, rs in series.items():
+        rs = [r for r in rs if r.get(x) is not None]
+        xs = [r[x] for r in rs]
+        ax_r.plot(xs, [r["reward_mean"] for r in rs], marker="." if len(xs) < 40 else None,
+                  label=label or None)
+        ax_c.plot(xs, [r["cost_max"] for r in rs], marker="." if len(xs) < 40 else None,
+                  label=label or None)
+        limit = next((r["cost_limit"] for r in rs if r.get("cost_limit") is not None), limit)
+    if limit is not None:
+        ax_c.axhline(limit, color="k", linestyle="--", linewidth=1, label="cost limit")
+    ax_r.set(xlabel=x.replace("_", " "), ylabel="average reward", title=f"{title}: reward")
+    ax_c.set(xlabel=x.replace("_", " "), ylabel="maximum cost over tasks", title=f"{title}: cost")
+    ax_c.legend(loc="best", fontsize=8)
+    if any(series):
+        ax_r.legend(loc="best", fontsize=8)
+    for ax in (ax_r, ax_c):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_num(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, title: str, metrics: Path | None = None,
+                 out: Path | None = None) -> Path:
+    """Figures and `report.md` from a run's metrics; returns the report path."""
+    rows = read_rows(metrics or run_dir / "metrics.csv")
+    out = out or run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    train = [r for r in rows if r["phase"] == "meta_train"]
+    test = [r for r in rows if r["phase"] == "meta_test"]
+    parts = [f"# {title}", ""]
+    if train:
+        curves_png(train, "iteration", out / "meta_train.png", "meta-training (one-step adapted)")
+        parts += ["## Meta-training", "",
+                  "Average reward and maximum cost over the validation tasks of the policy "
+                  "adapted one step from the meta-policy; the dashed line is the limit.", "",
+                  "![meta-training](meta_train.png)", ""]
+    if test:
+        curves_png(test, "step", out / "meta_test.png", "meta-test")
+        viol = sum(r["violation_rate"] for r in test) / len(test)
+        parts += ["## Meta-test", "",
+                  "From the meta-policy (step 0), each step adapts on data from the current "
+                  "policy; every policy used to collect data must stay under the limit "
+                  "(anytime safety).", "", "![meta-test](meta_test.png)", "",
+                  markdown_table(["step", "reward mean", "cost mean", "cost max", "limit",
+                                  "violation rate", "time (s)"],
+                                 [[r["step"], r["reward_mean"], r["cost_mean"], r["cost_max"],
+                                   r["cost_limit"], r["violation_rate"], r["time_s"]] for r in test]),
+                  "", f"**Anytime safety**: {_num(viol)} of (task, step) pairs exceed the limit "
+                  f"({'all within the limit' if viol == 0 else 'VIOLATIONS'}).", ""]
+    summary = summary_rows(train, test)
+    if summary:
+        parts += ["## Summary", "", markdown_table(["quantity", "value"], summary), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def summary_rows(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    if train:
+        last = train[-1]
+        rows += [["meta-training iterations", len(train)],
+                 ["final adapted reward (validation)", last["reward_mean"]],
+                 ["final adapted max cost (validation)", last["cost_max"]],
+                 ["meta-training time (s)", sum(r["time_s"] or 0 for r in train)]]
+    if test:
+        rows += [["meta-test reward, step 0 -> last", f"{_num(test[0]['reward_mean'])} -> "
+                  f"{_num(test[-1]['reward_mean'])}"],
+                 ["meta-test max cost over all steps", max(r["cost_max"] for r in test)],
+                 ["cost limit", test[0]["cost_limit"]],
+                 ["meta-test violation rate", sum(r["violation_rate"] for r in test) / len(test)],
+                 ["meta-test time (s)", sum(r["time_s"] or 0 for r in test)]]
+    return rows

@@ -1,0 +1,336 @@
+"""The run driver: resolve and validate a run, then train, checkpoint, resume, test, report.
+
+Run directory (SPEC §5):
+    config.yaml        resolved config (env, algo, preset, every field)
+    config_diff.yaml   what differs from the defaults
+    tasks.json         validation and test tasks of the run
+    metrics.csv        one row per meta-training iteration and per meta-test step
+    tb/                TensorBoard scalars
+    checkpoints/       ckpt_<iteration>.pt, atomic, verified
+    events.log         rejected iterations, checkpoint fallbacks, interruptions
+    report/            report.md, meta_train.png, meta_test.png
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+from safemeta import config as C
+from safemeta.algos import algorithm
+from safemeta.envs.base import Suite, Task
+from safemeta.envs.registry import suite as make_suite
+from safemeta.experiment import checkpoint
+from safemeta.experiment.algorithm import Algorithm
+from safemeta.experiment.metrics import MetricsWriter
+from safemeta.experiment.report import write_report
+
+PRESETS = ("quick", "paper")
+
+
+class RunError(RuntimeError):
+    """A run cannot go on; the message is one line for the user."""
+
+
+@dataclass
+class RunSpec:
+    """What the user asked for on the command line (or in Python)."""
+
+    env: str
+    algo: str = "safemeta"
+    preset: str = "quick"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    config_file: str | None = None
+    out: str | None = None
+    resume: bool = False
+    backend: str = "local"
+
+
+@dataclass
+class Resolved:
+    spec: RunSpec
+    suite: Suite
+    algo_cls: type[Algorithm]
+    cfg: Any
+    out: Path
+
+    def header(self) -> dict[str, Any]:
+        return {"env": self.spec.env, "algo": self.spec.algo, "preset": self.spec.preset}
+
+
+def resolve(spec: RunSpec) -> Resolved:
+    """Validate everything before any work: raises ConfigError with one line."""
+    if spec.backend != "local":
+        raise C.ConfigError(f"backend: {spec.backend!r} is not available in this build; accepted: local")
+    if spec.preset not in PRESETS:
+        raise C.ConfigError(f"preset: got {spec.preset!r}; accepted {', '.join(PRESETS)}")
+    try:
+        suite = make_suite(spec.env)
+    except ValueError as e:
+        raise C.ConfigError(str(e)) from None
+    algo_cls = algorithm(spec.algo, suite.family)
+    layers = [algo_cls.presets(spec.env).get(spec.preset, {})]
+    if spec.config_file:
+        layers.append(C.load_yaml(spec.config_file))
+    layers.append(spec.overrides)
+    cfg = C.build(algo_cls.Config, *layers)
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise C.ConfigError("device: 'cuda' requested but no CUDA device is available; accepted: cpu")
+    default_out = f"runs/{spec.env}-{spec.algo}-s{cfg.seed}"
+    return Resolved(spec, suite, algo_cls, cfg, Path(spec.out or default_out))
+
+
+class Run:
+    """One run directory: config, tasks, metrics, checkpoints, events."""
+
+    def __init__(self, r: Resolved, log: Callable[[str], None] = print) -> None:
+        self.r, self.dir, self.log = r, r.out, log
+        self.ckpt_dir = self.dir / "checkpoints"
+        self._stop = False
+
+    # ------------------------------------------------------------ setup
+
+    def prepare(self) -> None:
+        """Create the run directory or check that it belongs to this config (resume)."""
+        saved = self.dir / "config.yaml"
+        want = {**self.r.header(), "config": C.to_dict(self.r.cfg)}
+        if saved.exists():
+            if not self.r.spec.resume:
+                raise C.ConfigError(f"out: {self.dir} already holds a run; pass --resume or another --out")
+            have = yaml.safe_load(saved.read_text()) or {}
+            diffs = _differences(have, want)
+            if diffs:
+                raise C.ConfigError(f"out: {self.dir} belongs to another config ({diffs}); "
+                                    "use another --out or the same settings")
+            return
+        if self.dir.exists() and any(self.dir.iterdir()):
+            raise C.ConfigError(f"out: {self.dir} exists and is not a safemeta run directory")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(yaml.safe_dump(want, sort_keys=False))
+            diff = {**self.r.header(), "changed": C.diff(self.r.cfg)}
+            (self.dir / "config_diff.yaml").write_text(yaml.safe_dump(diff, sort_keys=False))
+        except OSError as e:
+            raise RunError(f"out: cannot write to {self.dir}: {e.strerror}") from None
+
+    def tasks(self, seq: np.random.SeedSequence) -> dict[str, list[Task]]:
+        path = self.dir / "tasks.json"
+        suite = self.r.suite
+        if path.exists():
+            data = json.loads(path.read_text())
+            return {k: [suite.task_from_dict(d) for d in v] for k, v in data.items()}
+        rng = np.random.default_rng(seq)
+        tasks = {"val": suite.sample_tasks(self.r.cfg.val_tasks, rng, "train"),
+                 "test": suite.sample_tasks(self.r.cfg.test_tasks, rng, "test")}
+        data = {k: [t.to_dict() for t in v] for k, v in tasks.items()}
+        checkpoint.write_atomic(path, json.dumps(data, indent=1).encode())
+        return tasks
+
+    def event(self, msg: str) -> None:
+        self.log(msg)
+        with open(self.dir / "events.log", "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
+
+    # ------------------------------------------------------------ signals
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop:  # second signal: stop now
+            raise KeyboardInterrupt
+        self._stop = True
+        self.log(f"{signal.Signals(signum).name}: finishing the current iteration, then checkpointing")
+
+    def _install_signals(self) -> dict[int, Any]:
+        old = {}
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[s] = signal.signal(s, self._on_signal)
+            except ValueError:  # not the main thread
+                pass
+        return old
+
+    # ------------------------------------------------------------ train
+
+    def train(self, progress: bool = True) -> bool:
+        """Meta-train (resuming if asked), meta-test, report. False if interrupted."""
+        cfg = self.r.cfg
+        self.prepare()
+        root = np.random.SeedSequence(cfg.seed)
+        task_seq, algo_seq = root.spawn(2)
+        tasks = self.tasks(task_seq)
+        algo = self.r.algo_cls(cfg, self.r.suite, tasks, algo_seq)
+        metrics = MetricsWriter(self.dir / "metrics.csv", algo.extra_columns, self.dir / "tb")
+        start, rejected = self._restore(algo, metrics)
+        old = self._install_signals()
+        try:
+            if start < cfg.iterations or not _has_phase(metrics, "meta_test"):
+                if not self._loop(algo, metrics, start, rejected, progress):
+                    return False
+                rows = algo.meta_test(tasks["test"], cfg.test_steps)
+                for row in rows:
+                    row["iteration"] = cfg.iterations
+                    metrics.write(row)
+        finally:
+            metrics.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        write_report(self.dir, f"{self.r.spec.algo} on {self.r.spec.env} (seed {cfg.seed})")
+        (self.dir / "DONE").write_text("complete\n")
+        return True
+
+    def _restore(self, algo: Algorithm, metrics: MetricsWriter) -> tuple[int, int]:
+        found = checkpoint.load_latest(self.ckpt_dir, self._accept, warn=self.event)
+        if found is None:
+            if len(metrics):
+                metrics.truncate(0)
+            return 0, 0
+        path, payload = found
+        algo.load_state_dict(payload["algo"])
+        metrics.truncate(payload["metrics_rows"])
+        self.log(f"resumed from {path} (iteration {payload['next_iteration']})")
+        return payload["next_iteration"], payload.get("rejected", 0)
+
+    def _accept(self, payload: dict[str, Any]) -> str | None:
+        want = {**self.r.header(), "config": C.to_dict(self.r.cfg)}
+        return _differences(payload.get("run", {}), want) or None
+
+    def _save(self, algo: Algorithm, next_it: int, rows: int, rejected: int) -> None:
+        payload = {"run": {**self.r.header(), "config": C.to_dict(self.r.cfg)}, "algo": algo.state_dict(),
+                   "next_iteration": next_it, "metrics_rows": rows, "rejected": rejected}
+        try:
+            checkpoint.save(self.ckpt_dir, next_it, payload, keep=self.r.cfg.keep_checkpoints)
+        except checkpoint.CheckpointError as e:
+            raise RunError(str(e)) from None
+
+    def _loop(self, algo: Algorithm, metrics: MetricsWriter, start: int, rejected: int,
+              progress: bool) -> bool:
+        cfg = self.r.cfg
+        bar = _progress(progress, start, cfg.iterations)
+        good = copy.deepcopy(algo.state_dict())
+        n_rows = len(metrics)
+        it = start
+        for it in range(start, cfg.iterations):
+            row = algo.train_iteration(it)
+            bad = _non_finite(row)
+            if bad or not algo.finite():
+                rejected += 1
+                self.event(f"iteration {it} rejected: non-finite {bad or 'parameters'}; "
+                           "continuing from the last good state")
+                algo.load_state_dict({**good, "rng": algo.state_dict().get("rng")})
+            else:
+                metrics.write(row)
+                n_rows += 1
+                good = copy.deepcopy(algo.state_dict())
+            last = it + 1 == cfg.iterations
+            if (it + 1) % cfg.checkpoint_every == 0 or last or self._stop:
+                self._save(algo, it + 1, n_rows, rejected)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{row['reward_mean']:.3g}", cost_max=f"{row['cost_max']:.3g}",
+                                limit=f"{row['cost_limit']:.3g}")
+            if self._stop and not last:
+                self.event(f"interrupted after iteration {it}; checkpoint written")
+                self.log(f"resume with: {resume_command(self.r)}")
+                break
+        if bar is not None:
+            bar.close()
+        if cfg.iterations == 0 or start == cfg.iterations:
+            self._save(algo, cfg.iterations, n_rows, rejected)
+        return not (self._stop and it + 1 < cfg.iterations)
+
+
+def _progress(enabled: bool, start: int, total: int) -> Any:
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="meta-train", unit="it", file=sys.stderr,
+                dynamic_ncols=True, mininterval=1.0)
+
+
+def _non_finite(row: dict[str, Any]) -> str | None:
+    for k, v in row.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            return k
+    return None
+
+
+def _has_phase(metrics: MetricsWriter, phase: str) -> bool:
+    from safemeta.experiment.metrics import read_rows
+
+    return any(r["phase"] == phase for r in read_rows(metrics.path))
+
+
+def _differences(have: dict[str, Any], want: dict[str, Any]) -> str:
+    out = []
+    for k in ("env", "algo", "preset"):
+        if have.get(k) != want.get(k):
+            out.append(f"{k}: saved {have.get(k)!r}, requested {want.get(k)!r}")
+    hc, wc = have.get("config", {}) or {}, want.get("config", {})
+    for k in sorted(set(hc) | set(wc)):
+        if hc.get(k) != wc.get(k):
+            out.append(f"{k}: saved {hc.get(k)!r}, requested {wc.get(k)!r}")
+    return "; ".join(out[:4]) + (" ..." if len(out) > 4 else "")
+
+
+def resume_command(r: Resolved) -> str:
+    sets = " ".join(f"--set {k}={v}" for k, v in r.spec.overrides.items())
+    conf = f" --config {r.spec.config_file}" if r.spec.config_file else ""
+    return (f"safemeta train --env {r.spec.env} --algo {r.spec.algo} --preset {r.spec.preset}"
+            f"{conf} {sets} --out {r.out} --resume").replace("  ", " ")
+
+
+def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:
+    """The resolved config and the latest good checkpoint payload of a finished run."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise C.ConfigError(f"RUN_DIR: {run_dir} is not a safemeta run directory (no config.yaml)")
+    saved = yaml.safe_load(path.read_text()) or {}
+    spec = RunSpec(env=saved["env"], algo=saved["algo"], preset=saved["preset"],
+                   overrides=saved.get("config", {}), out=str(run_dir), resume=True)
+    r = resolve(spec)
+    found = checkpoint.load_latest(run_dir / "checkpoints", warn=print)
+    if found is None:
+        raise C.ConfigError(f"RUN_DIR: {run_dir} has no usable checkpoint; train it first")
+    return r, found[1]
+
+
+def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None,
+             log: Callable[[str], None] = print) -> Path:
+    """Meta-test a trained run on its test tasks (more are sampled if `n_tasks` asks);
+    writes RUN_DIR/test/metrics.csv and a report; returns the report path."""
+    r, payload = load_run(run_dir)
+    cfg = r.cfg
+    run = Run(r, log)
+    root = np.random.SeedSequence(cfg.seed)
+    task_seq, algo_seq = root.spawn(2)
+    tasks = run.tasks(task_seq)
+    n = n_tasks or len(tasks["test"])
+    if n > len(tasks["test"]):
+        extra_rng = np.random.default_rng(root.spawn(3)[2])
+        tasks["test"] += r.suite.sample_tasks(n - len(tasks["test"]), extra_rng, "test")
+    algo = r.algo_cls(cfg, r.suite, tasks, algo_seq)
+    algo.load_state_dict(payload["algo"])
+    out = run_dir / "test"
+    out.mkdir(exist_ok=True)
+    metrics_path = out / "metrics.csv"
+    if metrics_path.exists():
+        metrics_path.unlink()
+    metrics = MetricsWriter(metrics_path, algo.extra_columns)
+    for row in algo.meta_test(tasks["test"][:n], cfg.test_steps if steps is None else steps):
+        row["iteration"] = payload["next_iteration"]
+        metrics.write(row)
+    metrics.close()
+    return write_report(run_dir, f"meta-test of {run_dir}", metrics=metrics_path, out=out)

@@ -1,0 +1,104 @@
+"""A batch of gymnasium envs stepped in lock-step, one call per step (SPEC §9).
+
+Each env runs a quota of episodes; an env whose episode ends is reset at once (its
+true final observation is returned separately, for the time-limit bootstrap), and an
+env whose quota is used up goes idle. On the 2-core machine a synchronous loop beats
+subprocess vector envs: MuJoCo stepping dominates and the loop adds microseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+
+@dataclass
+class Step:
+    """One lock-step over the batch; rows of envs that were not stepped are zero."""
+
+    stepped: np.ndarray  # (E,) bool: env was active and stepped
+    obs: np.ndarray  # (E, d) next observation (after auto-reset when the episode ended)
+    reward: np.ndarray  # (E,)
+    cost: np.ndarray  # (E, p)
+    terminated: np.ndarray  # (E,) bool
+    truncated: np.ndarray  # (E,) bool (time limit `horizon` or the env's own)
+    final_obs: np.ndarray  # (E, d) true last observation where the episode ended
+
+
+def cost_vector(info: dict, num_costs: int) -> np.ndarray:
+    """info["cost"] as a (p,) array (a float when p = 1, an array when p > 1)."""
+    c = np.asarray(info.get("cost", 0.0), dtype=np.float64).reshape(-1)
+    if c.size != num_costs:
+        raise ValueError(f"info['cost']: expected {num_costs} value(s), got {c.size}")
+    return c
+
+
+class BatchEnv:
+    """Lock-step envs with per-env episode quotas and auto-reset."""
+
+    def __init__(self, envs: list[gym.Env], horizon: int, num_costs: int = 1) -> None:
+        if not envs:
+            raise ValueError("envs: expected at least one env")
+        self.envs, self.horizon, self.num_costs = envs, int(horizon), num_costs
+        space = envs[0].action_space
+        assert isinstance(space, gym.spaces.Box)
+        self.act_low, self.act_high = space.low, space.high
+        self.obs_dim = int(np.prod(envs[0].observation_space.shape))
+        n = len(envs)
+        self.active = np.zeros(n, bool)
+        self.remaining = np.zeros(n, np.int64)
+        self.t = np.zeros(n, np.int64)  # step index within the current episode
+        self._obs = np.zeros((n, self.obs_dim), np.float32)
+        self._rng = np.random.default_rng(0)
+
+    def __len__(self) -> int:
+        return len(self.envs)
+
+    def start(self, episodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Begin: env e will run `episodes[e]` episodes. Returns the first observations."""
+        self._rng = rng
+        self.remaining = np.asarray(episodes, np.int64).copy()
+        self.active = self.remaining > 0
+        self.t[:] = 0
+        for e in np.flatnonzero(self.active):
+            self._obs[e] = self._reset(e)
+        return self._obs.copy()
+
+    def _reset(self, e: int) -> np.ndarray:
+        obs, _ = self.envs[e].reset(seed=int(self._rng.integers(2**31 - 1)))
+        return np.asarray(obs, np.float32).reshape(-1)
+
+    def step(self, actions: np.ndarray) -> Step:
+        n, p = len(self.envs), self.num_costs
+        out = Step(
+            stepped=self.active.copy(), obs=np.zeros((n, self.obs_dim), np.float32),
+            reward=np.zeros(n), cost=np.zeros((n, p)), terminated=np.zeros(n, bool),
+            truncated=np.zeros(n, bool), final_obs=np.zeros((n, self.obs_dim), np.float32),
+        )
+        clipped = np.clip(actions, self.act_low, self.act_high)
+        for e in np.flatnonzero(self.active):
+            obs, r, term, trunc, info = self.envs[e].step(clipped[e])
+            self.t[e] += 1
+            out.reward[e], out.cost[e] = r, cost_vector(info, p)
+            out.terminated[e] = term
+            out.truncated[e] = (trunc or self.t[e] >= self.horizon) and not term
+            obs = np.asarray(obs, np.float32).reshape(-1)
+            if term or out.truncated[e]:
+                out.final_obs[e] = obs
+                obs = self._end_episode(e, obs)
+            self._obs[e] = out.obs[e] = obs
+        return out
+
+    def _end_episode(self, e: int, obs: np.ndarray) -> np.ndarray:
+        self.remaining[e] -= 1
+        self.t[e] = 0
+        if self.remaining[e] > 0:
+            return self._reset(e)
+        self.active[e] = False
+        return obs
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()

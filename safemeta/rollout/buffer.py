@@ -1,0 +1,115 @@
+"""Rollout storage, GAE for reward and every cost, episode statistics (SPEC §2.4 step 1).
+
+Transitions are stored flat, env-major: the transitions of one env are contiguous in
+time order and the envs of one task are contiguous, so each task is a slice. The
+time-limit bootstrap: at a truncated step the next value is V(final observation); at a
+terminated step it is 0; otherwise it is V of the next stored observation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.signal import lfilter
+
+
+def discount_cumsum(x: np.ndarray, discount: float) -> np.ndarray:
+    """y[t] = Σ_k discount^k x[t+k] along axis 0 (one episode)."""
+    return lfilter([1.0], [1.0, -discount], x[::-1], axis=0)[::-1]
+
+
+def gae(
+    reward: np.ndarray, value: np.ndarray, next_value: np.ndarray, terminated: np.ndarray,
+    done: np.ndarray, gamma: float, lam: float,
+) -> np.ndarray:
+    """GAE(γ, λ) over flat transitions; `reward`, `value`, `next_value` are (n,) or (n, k).
+
+    δ_t = r_t + γ(1 − terminated_t) V_next,t − V_t;  A_t = δ_t + γλ(1 − done_t) A_{t+1},
+    with V_next,t = V(s_{t+1}), or V(final obs) at a truncation (the time-limit bootstrap).
+    """
+    keep = (1.0 - terminated.astype(np.float64)).reshape(-1, *([1] * (reward.ndim - 1)))
+    delta = reward + gamma * keep * next_value - value
+    adv = np.zeros_like(delta, dtype=np.float64)
+    for start, stop in episode_bounds(done):
+        adv[start:stop] = discount_cumsum(delta[start:stop], gamma * lam)
+    return adv
+
+
+def episode_bounds(done: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each episode in flat transitions (an unfinished tail counts too)."""
+    ends = np.flatnonzero(done) + 1
+    if ends.size == 0 or ends[-1] != done.size:
+        ends = np.append(ends, done.size)
+    starts = np.concatenate([[0], ends[:-1]])
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def discounted_returns(x: np.ndarray, done: np.ndarray, gamma: float) -> np.ndarray:
+    """Monte-Carlo discounted return-to-go per episode (no bootstrap)."""
+    out = np.zeros_like(x, dtype=np.float64)
+    for start, stop in episode_bounds(done):
+        out[start:stop] = discount_cumsum(x[start:stop], gamma)
+    return out
+
+
+@dataclass
+class Rollout:
+    """Flat transitions of a batch of tasks, with per-task slices and episode stats."""
+
+    obs: np.ndarray  # (n, d) float32
+    act: np.ndarray  # (n, a) float32, unclipped
+    logp: np.ndarray  # (n,) log π_k(a|s) of the behaviour policy
+    reward: np.ndarray  # (n,)
+    cost: np.ndarray  # (n, p)
+    t: np.ndarray  # (n,) step index within the episode
+    terminated: np.ndarray  # (n,) bool
+    truncated: np.ndarray  # (n,) bool
+    final_obs: np.ndarray  # (n_trunc, d): final observation of each truncated step, in order
+    slices: list[slice]  # per task
+    ep_return: list[np.ndarray]  # per task (N,)
+    ep_cost: list[np.ndarray]  # per task (N, p) undiscounted episode cost
+    ep_disc_cost: list[np.ndarray]  # per task (N, p) discounted episode cost
+    ep_length: list[np.ndarray]  # per task (N,)
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.terminated | self.truncated
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.slices)
+
+    def task(self, i: int) -> Rollout:
+        """The transitions of task i as a one-task Rollout."""
+        s = self.slices[i]
+        trunc_before = int(self.truncated[: s.start].sum())
+        n_trunc = int(self.truncated[s].sum())
+        return Rollout(
+            obs=self.obs[s], act=self.act[s], logp=self.logp[s], reward=self.reward[s],
+            cost=self.cost[s], t=self.t[s], terminated=self.terminated[s],
+            truncated=self.truncated[s], final_obs=self.final_obs[trunc_before : trunc_before + n_trunc],
+            slices=[slice(0, s.stop - s.start)], ep_return=[self.ep_return[i]],
+            ep_cost=[self.ep_cost[i]], ep_disc_cost=[self.ep_disc_cost[i]],
+            ep_length=[self.ep_length[i]],
+        )
+
+    def cost_return(self, kind: str) -> np.ndarray:
+        """(tasks, p) mean episode cost per task: "undiscounted" or "discounted" (SPEC §2.4)."""
+        src = self.ep_cost if kind == "undiscounted" else self.ep_disc_cost
+        return np.stack([c.mean(0) for c in src])
+
+    def reward_return(self) -> np.ndarray:
+        return np.array([r.mean() for r in self.ep_return])
+
+
+def next_values(value: np.ndarray, final_value: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+    """V_next per transition: V of the next stored obs, V(final obs) at truncations.
+
+    (At terminations and at the last transition of an unfinished tail the value is
+    unused or masked: GAE multiplies it by 1 − terminated and resets at `done`.)
+    """
+    nxt = np.concatenate([value[1:], np.zeros_like(value[:1])], axis=0)
+    nxt[truncated] = final_value
+    return nxt

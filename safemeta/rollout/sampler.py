@@ -1,0 +1,178 @@
+"""Batched sampler: N episodes per task for a batch of tasks, one policy forward per step.
+
+The envs of all tasks are stepped together (`BatchEnv`); per step the policy is
+evaluated once for all active envs that share it (the meta-policy: one forward for
+the whole batch; adapted policies differ per task: one forward per task, which on
+small MLPs costs tens of microseconds). Sampling runs on CPU with one torch thread
+and its own `torch.Generator`, so results never depend on global RNG state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from typing import Iterator, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from safemeta.envs.base import Suite, Task
+from safemeta.nn.policy import GaussianPolicy
+from safemeta.rollout.batch import BatchEnv, Step
+from safemeta.rollout.buffer import Rollout
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """`torch.set_num_threads(1)` while sampling; restore afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class EnvPool:
+    """Envs kept across calls: built once per task (LRU), so a reset never rebuilds a model.
+
+    A suite env that has `set_task(task)` (SPEC §4) is re-targeted instead of rebuilt.
+    """
+
+    def __init__(self, suite: Suite, capacity: int = 512) -> None:
+        self.suite, self.capacity = suite, capacity
+        self._by_task: OrderedDict[tuple[Task, int], gym.Env] = OrderedDict()
+        self._spare: list[gym.Env] = []
+
+    def get(self, task: Task, slot: int) -> gym.Env:
+        key = (task, slot)
+        if key in self._by_task:
+            self._by_task.move_to_end(key)
+            return self._by_task[key]
+        env = self._retarget(task) or self.suite.make(task)
+        self._by_task[key] = env
+        while len(self._by_task) > self.capacity:
+            _, old = self._by_task.popitem(last=False)
+            self._spare.append(old) if hasattr(old.unwrapped, "set_task") else old.close()
+        return env
+
+    def _retarget(self, task: Task) -> gym.Env | None:
+        if not self._spare:
+            return None
+        env = self._spare.pop()
+        env.unwrapped.set_task(task)  # type: ignore[attr-defined]
+        return env
+
+    def close(self) -> None:
+        for env in [*self._by_task.values(), *self._spare]:
+            env.close()
+        self._by_task.clear()
+        self._spare.clear()
+
+
+class Sampler:
+    """Collects `episodes` episodes per task with per-task (or one shared) policy."""
+
+    def __init__(
+        self, suite: Suite, horizon: int, gamma: float, envs_per_task: int = 0,
+        pool_capacity: int = 512,
+    ) -> None:
+        self.suite, self.horizon, self.gamma = suite, horizon, gamma
+        self.envs_per_task = envs_per_task
+        self.num_costs = int(getattr(suite, "num_costs", 1))
+        self.pool = EnvPool(suite, pool_capacity)
+
+    def collect(
+        self, tasks: Sequence[Task], policies: Sequence[GaussianPolicy], episodes: int,
+        rng: np.random.Generator, generator: torch.Generator,
+    ) -> Rollout:
+        """`episodes` episodes on each task; `policies[i]` acts on task i."""
+        k = self.envs_per_task or episodes
+        k = min(k, episodes)
+        seen: dict[Task, int] = {}
+        envs = []
+        for task in tasks:  # a task listed twice gets its own envs
+            dup = seen[task] = seen.get(task, -1) + 1
+            envs += [self.pool.get(task, dup * k + j) for j in range(k)]
+        quota = np.array([len(range(j, episodes, k)) for _ in tasks for j in range(k)])
+        batch = BatchEnv(envs, self.horizon, self.num_costs)
+        task_of_env = np.repeat(np.arange(len(tasks)), k)
+        with single_thread():
+            steps = self._run(batch, quota, task_of_env, policies, rng, generator)
+        return self._assemble(steps, task_of_env, len(tasks))
+
+    def _run(
+        self, batch: BatchEnv, quota: np.ndarray, task_of_env: np.ndarray,
+        policies: Sequence[GaussianPolicy], rng: np.random.Generator, generator: torch.Generator,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Step]]:
+        groups = _policy_groups(policies, task_of_env)
+        obs = batch.start(quota, rng)
+        act_dim = policies[0].act_dim
+        out = []
+        while batch.active.any():
+            act = np.zeros((len(batch), act_dim), np.float32)
+            logp = np.zeros(len(batch), np.float32)
+            for policy, idx in groups:
+                idx = idx[batch.active[idx]]
+                if idx.size:
+                    act[idx], logp[idx] = policy.sample(obs[idx], generator)
+            t = batch.t.copy()
+            step = batch.step(act)
+            out.append((obs, act, logp, t, step))
+            obs = step.obs
+        return out
+
+    def _assemble(self, steps: list, task_of_env: np.ndarray, n_tasks: int) -> Rollout:
+        """(steps, envs) records -> flat env-major transitions and per-task statistics."""
+        mask = np.stack([s.stepped for *_, s in steps], axis=1)  # (E, S)
+
+        def flat(x: list[np.ndarray]) -> np.ndarray:
+            return np.stack(x, axis=1)[mask]  # (E, S, ...) indexed env-major
+
+        obs = flat([o for o, *_ in steps])
+        act, logp, t = flat([a for _, a, *_ in steps]), flat([lp for _, _, lp, *_ in steps]), flat([tt for *_, tt, _ in steps])
+        reward = flat([s.reward for *_, s in steps])
+        cost = flat([s.cost for *_, s in steps])
+        terminated, truncated = flat([s.terminated for *_, s in steps]), flat([s.truncated for *_, s in steps])
+        final_obs = flat([s.final_obs for *_, s in steps])[truncated]
+        env_of = np.repeat(np.arange(mask.shape[0]), mask.sum(1))
+        task_of = task_of_env[env_of]
+        bounds = np.searchsorted(task_of, np.arange(n_tasks + 1))
+        roll = Rollout(
+            obs=obs, act=act, logp=logp, reward=reward, cost=cost, t=t, terminated=terminated,
+            truncated=truncated, final_obs=final_obs,
+            slices=[slice(int(bounds[i]), int(bounds[i + 1])) for i in range(n_tasks)],
+            ep_return=[], ep_cost=[], ep_disc_cost=[], ep_length=[],
+        )
+        _episode_stats(roll, self.gamma)
+        return roll
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _policy_groups(
+    policies: Sequence[GaussianPolicy], task_of_env: np.ndarray
+) -> list[tuple[GaussianPolicy, np.ndarray]]:
+    """Envs grouped by the policy object acting on them (one forward per group)."""
+    groups: dict[int, tuple[GaussianPolicy, list[int]]] = {}
+    for i, pol in enumerate(policies):
+        groups.setdefault(id(pol), (pol, []))[1].append(i)
+    return [(pol, np.flatnonzero(np.isin(task_of_env, ids))) for pol, ids in groups.values()]
+
+
+def _episode_stats(roll: Rollout, gamma: float) -> None:
+    """Per task: episode return, undiscounted and discounted cost, length."""
+    done = roll.done
+    for s in roll.slices:
+        ends = np.flatnonzero(done[s]) + 1
+        starts = np.concatenate([[0], ends[:-1]])
+        rew, cost, t = roll.reward[s], roll.cost[s], roll.t[s]
+        disc = gamma ** t.astype(np.float64)
+        roll.ep_return.append(np.add.reduceat(rew, starts) if ends.size else np.zeros(0))
+        roll.ep_cost.append(np.add.reduceat(cost, starts, axis=0) if ends.size else np.zeros((0, cost.shape[1])))
+        roll.ep_disc_cost.append(
+            np.add.reduceat(cost * disc[:, None], starts, axis=0) if ends.size else np.zeros((0, cost.shape[1]))
+        )
+        roll.ep_length.append(ends - starts)
