@@ -1,0 +1,125 @@
+"""The command line and the run driver on tabular suites: run layout, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from safemeta.cli import main
+from safemeta.experiment import checkpoint
+from safemeta.experiment.metrics import read_rows
+
+TINY = ["--env", "tabular-grid", "--set", "iterations=6", "--set", "checkpoint_every=2",
+        "--set", "val_tasks=2", "--set", "test_tasks=3", "--set", "test_steps=3",
+        "--set", "meta_batch=2", "--no-progress"]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "safemeta", *args], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_train_writes_the_run_directory(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    for name in ("config.yaml", "config_diff.yaml", "tasks.json", "metrics.csv", "DONE",
+                 "report/report.md", "report/meta_train.png", "report/meta_test.png"):
+        assert (out / name).exists(), name
+    rows = read_rows(out / "metrics.csv")
+    train = [r for r in rows if r["phase"] == "meta_train"]
+    test = [r for r in rows if r["phase"] == "meta_test"]
+    assert [r["iteration"] for r in train] == list(range(6))
+    assert [r["step"] for r in test] == [0, 1, 2, 3]
+    with open(out / "metrics.csv") as fh:
+        header = next(csv.reader(fh))
+    assert header[:9] == ["phase", "iteration", "step", "reward_mean", "cost_mean", "cost_max",
+                          "cost_limit", "violation_rate", "time_s"]
+    assert yaml.safe_load((out / "config_diff.yaml").read_text())["changed"]["iterations"] == 6
+    assert [p.name for p in checkpoint.list_checkpoints(out / "checkpoints")] == [
+        "ckpt_000002.pt", "ckpt_000004.pt", "ckpt_000006.pt"]
+
+
+def test_resume_after_losing_the_tail_gives_identical_metrics(tmp_path: Path) -> None:
+    """Simulate a crash after iteration 4's checkpoint: later checkpoints gone, extra
+    metrics rows written after it. Resume must reproduce the uninterrupted run."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["train", *TINY, "--out", str(full)]) == 0
+    assert main(["train", *TINY, "--out", str(cut)]) == 0
+    (cut / "checkpoints" / "ckpt_000006.pt").unlink()
+    (cut / "DONE").unlink()
+    lines = (cut / "metrics.csv").read_text().splitlines(keepends=True)
+    (cut / "metrics.csv").write_text("".join(lines[:6]))  # header + 5 rows (one past the ckpt)
+    assert main(["train", *TINY, "--out", str(cut), "--resume"]) == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    assert strip(read_rows(cut / "metrics.csv")) == strip(read_rows(full / "metrics.csv"))
+
+
+def test_damaged_checkpoint_falls_back_to_previous(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    last = out / "checkpoints" / "ckpt_000006.pt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    assert main(["train", *TINY, "--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().out
+    assert "ckpt_000006.pt skipped: damaged or truncated" in err
+    assert "resumed from" in err and "ckpt_000004.pt" in err
+
+
+def test_test_command_meta_tests_a_trained_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    assert main(["test", str(out), "--tasks", "5", "--steps", "2"]) == 0
+    rows = read_rows(out / "test" / "metrics.csv")
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert (out / "test" / "report.md").exists()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["train", "--env", "nope"], "env: unknown suite 'nope'"),
+        (["train", "--env", "tabular-grid", "--algo", "ppo"], "algo: unknown"),
+        (["train", "--env", "tabular-grid", "--set", "bogus=1"], "unknown key 'bogus'"),
+        (["train", "--env", "tabular-grid", "--set", "lam=-1"], "lam: got -1.0"),
+        (["train", "--env", "tabular-grid", "--set", "iterations=x"], "iterations: expected an integer"),
+        (["train", "--env", "tabular-grid", "--preset", "huge"], "preset: got 'huge'"),
+        (["train", "--env", "tabular-grid", "--backend", "mpi"], "backend: 'mpi'"),
+        (["train", "--env", "tabular-grid", "--device", "tpu"], "device: got 'tpu'"),
+        (["train", "--env", "tabular-grid", "--config", "/nonexistent.yaml"], "--config: cannot read"),
+        (["train", "--env", "tabular-grid", "--set", "x"], "--set: expected key=value"),
+        (["train"], "the following arguments are required: --env"),
+        (["frobnicate"], "invalid choice"),
+        (["test", "/nonexistent"], "not a safemeta run directory"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: list[str], match: str) -> None:
+    res = run_cli(*args, "--out", str(tmp_path / "o")) if args[0] == "train" and len(args) > 1 \
+        else run_cli(*args)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_directory_of_another_config_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    res = run_cli("train", *TINY, "--set", "lam=0.9", "--out", str(out), "--resume")
+    assert res.returncode == 2 and "belongs to another config (lam: saved 0.5, requested 0.9)" in res.stderr
+    res = run_cli("train", *TINY, "--out", str(out))
+    assert res.returncode == 2 and "already holds a run; pass --resume" in res.stderr
+
+
+def test_nothing_is_written_to_the_working_directory(tmp_path: Path) -> None:
+    res = run_cli("train", *TINY, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert sorted(os.listdir(tmp_path)) == ["run"]

@@ -1,0 +1,49 @@
+"""Typed configuration: presets, overrides, validation with one line naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from safemeta.config import ConfigError, build, diff, field_docs, parse_overrides
+from safemeta.tabular.meta import TabularSafeMetaConfig as Cfg
+
+
+def test_every_field_has_a_doc() -> None:
+    docs = field_docs(Cfg)
+    assert set(docs) == {f.name for f in dataclasses.fields(Cfg)}
+    assert all(len(d) > 5 for d in docs.values())
+
+
+def test_layers_override_in_order_and_coerce_types() -> None:
+    cfg = build(Cfg, {"iterations": 5, "lam": 2}, {"lam": "0.25", "meta_grad": "full"})
+    assert cfg.iterations == 5 and cfg.lam == 0.25 and isinstance(cfg.lam, float)
+    assert cfg.meta_grad == "full"
+    assert diff(cfg) == {"iterations": 5, "lam": 0.25, "meta_grad": "full"}
+
+
+@pytest.mark.parametrize(
+    "layer,match",
+    [
+        ({"nope": 1}, r"unknown key 'nope'.*accepted: seed"),
+        ({"iterations": "ten"}, r"^iterations: expected an integer, got 'ten'"),
+        ({"iterations": -1}, r"^iterations: got -1; accepted >= 0"),
+        ({"lam": 0}, r"^lam: got 0.0; accepted > 0"),
+        ({"lam": "nan"}, r"^lam: expected a finite number"),
+        ({"meta_grad": "second"}, r"^meta_grad: got 'second'; accepted hessian_free, full"),
+        ({"device": "tpu"}, r"^device: got 'tpu'; accepted cpu, cuda"),
+        ({"meta_margin": 2}, r"^meta_margin: got 2.0; accepted >= 0 and <= 1"),
+        ({"seed": True}, r"^seed: expected an integer"),
+    ],
+)
+def test_bad_values_raise_one_line_naming_the_key(layer: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as e:
+        build(Cfg, layer)
+    assert "\n" not in str(e.value)
+
+
+def test_parse_overrides() -> None:
+    assert parse_overrides(["a=1", "b = x=y"]) == {"a": "1", "b": "x=y"}
+    with pytest.raises(ConfigError, match="--set: expected key=value"):
+        parse_overrides(["novalue"])
