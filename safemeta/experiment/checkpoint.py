@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import torch
 
+from safemeta.experiment import faults
+
 MAGIC = b"SAFEMETA-CKPT-1\n"
 FORMAT = 1
 _NAME = re.compile(r"^ckpt_(\d{6,})\.pt$")
@@ -41,6 +43,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        faults.point("before_rename")
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -75,6 +78,13 @@ def save(directory: Path, iteration: int, payload: dict[str, Any], keep: int = 3
         except OSError:
             pass
     return path
+
+
+def remove_partial(directory: Path) -> None:
+    """Delete temporary files left by a write that was killed before its rename."""
+    if directory.is_dir():
+        for p in directory.glob(".ckpt_*.tmp"):
+            p.unlink(missing_ok=True)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

@@ -30,7 +30,7 @@ from safemeta import config as C
 from safemeta.algos import algorithm
 from safemeta.envs.base import Suite, Task
 from safemeta.envs.registry import suite as make_suite
-from safemeta.experiment import checkpoint
+from safemeta.experiment import checkpoint, faults
 from safemeta.experiment.algorithm import Algorithm
 from safemeta.experiment.metrics import MetricsWriter
 from safemeta.experiment.report import write_report
@@ -182,6 +182,7 @@ class Run:
                 for row in rows:
                     row["iteration"] = cfg.iterations
                     metrics.write(row)
+                    faults.point("meta_test_row")
         finally:
             metrics.close()
             for s, h in old.items():
@@ -191,6 +192,7 @@ class Run:
         return True
 
     def _restore(self, algo: Algorithm, metrics: MetricsWriter) -> tuple[int, int]:
+        checkpoint.remove_partial(self.ckpt_dir)
         found = checkpoint.load_latest(self.ckpt_dir, self._accept, warn=self.event)
         if found is None:
             if len(metrics):
@@ -231,11 +233,13 @@ class Run:
                 algo.load_state_dict({**good, "rng": algo.state_dict().get("rng")})
             else:
                 metrics.write(row)
+                faults.point("after_metrics")
                 n_rows += 1
                 good = copy.deepcopy(algo.state_dict())
             last = it + 1 == cfg.iterations
             if (it + 1) % cfg.checkpoint_every == 0 or last or self._stop:
                 self._save(algo, it + 1, n_rows, rejected)
+                faults.point("after_checkpoint")
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{row['reward_mean']:.3g}", cost_max=f"{row['cost_max']:.3g}",

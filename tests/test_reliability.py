@@ -1,0 +1,235 @@
+"""Runs that survive (SPEC §8, issue 5): kill -9 at several points, signals, damaged
+checkpoints, non-finite steps, unwritable directories, invalid input."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from safemeta.cli import main
+from safemeta.experiment import checkpoint
+from safemeta.experiment.metrics import read_rows
+from safemeta.experiment.runner import Run, RunError, RunSpec, resolve
+
+SETS = {"iterations": 8, "checkpoint_every": 3, "val_tasks": 2, "test_tasks": 3,
+        "test_steps": 3, "meta_batch": 2}
+ARGS = ["--env", "tabular-grid", "--no-progress"] + [a for k, v in SETS.items()
+                                                     for a in ("--set", f"{k}={v}")]
+
+
+def cli(out: Path, *extra: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("SAFEMETA_FAULT", None)
+    if fault:
+        env["SAFEMETA_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "safemeta", "train", *ARGS, "--out", str(out),
+                           *extra], capture_output=True, text=True, env=env)
+
+
+def comparable(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in read_rows(run / "metrics.csv")]
+
+
+def final_params(run: Path) -> np.ndarray:
+    path = checkpoint.list_checkpoints(run / "checkpoints")[-1]
+    return checkpoint.read(path)["algo"]["phi"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert cli(out).returncode == 0
+    return out
+
+
+@pytest.mark.parametrize("fault", ["after_metrics:2", "after_metrics:4", "after_checkpoint:1",
+                                   "before_rename:2", "before_rename:3", "meta_test_row:2"])
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, reference: Path, fault: str) -> None:
+    out = tmp_path / "run"
+    res = cli(out, fault=fault)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    res = cli(out, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert comparable(out) == comparable(reference)
+    np.testing.assert_array_equal(final_params(out), final_params(reference))
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+def test_sigterm_checkpoints_exits_0_and_resumes_exactly(tmp_path: Path) -> None:
+    over = ["--set", "iterations=120", "--set", "checkpoint_every=1000", "--set", "meta_grad=full"]
+    ref = tmp_path / "ref"
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "safemeta", "train", *ARGS, *over, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while len(read_rows(out / "metrics.csv")) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "resume with: safemeta train" in stdout + stderr
+    n = len(read_rows(out / "metrics.csv"))
+    assert 3 <= n < 120
+    assert checkpoint.list_checkpoints(out / "checkpoints")
+    assert cli(out, *over, "--resume").returncode == 0
+    assert cli(ref, *over).returncode == 0
+    assert comparable(out) == comparable(ref)
+
+
+def test_truncated_and_corrupted_checkpoints_fall_back(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    assert cli(out, "--set", "keep_checkpoints=5").returncode == 0
+    ckpts = checkpoint.list_checkpoints(out / "checkpoints")  # 3, 6, 8
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:100])  # truncated
+    data = bytearray(ckpts[-2].read_bytes())
+    data[-10] ^= 0x55  # one flipped byte
+    ckpts[-2].write_bytes(bytes(data))
+    (out / "DONE").unlink()
+    res = cli(out, "--set", "keep_checkpoints=5", "--resume")
+    assert res.returncode == 0, res.stderr
+    assert f"checkpoint {ckpts[-1]} skipped: damaged or truncated" in res.stdout
+    assert f"checkpoint {ckpts[-2]} skipped: damaged or truncated" in res.stdout
+    assert f"resumed from {ckpts[-3]}" in res.stdout
+    assert comparable(out) == comparable(reference)
+    assert "skipped" in (out / "events.log").read_text()
+
+
+def test_checkpoint_of_another_format_is_named_and_skipped(tmp_path: Path) -> None:
+    d = tmp_path / "ck"
+    checkpoint.save(d, 1, {"x": 1})
+    checkpoint.save(d, 2, {"x": 2})
+    (d / checkpoint.name_for(3)).write_bytes(b"PK\x03\x04 something else")
+    msgs: list[str] = []
+    path, payload = checkpoint.load_latest(d, warn=msgs.append)
+    assert payload["x"] == 2 and msgs == [f"checkpoint {d / 'ckpt_000003.pt'} skipped: "
+                                          "not a safemeta checkpoint (bad header); trying the previous one"]
+
+
+def test_non_finite_iteration_is_rejected_and_training_continues(tmp_path: Path) -> None:
+    spec = RunSpec(env="tabular-grid", overrides=SETS, out=str(tmp_path / "run"))
+    r = resolve(spec)
+    real = r.algo_cls.train_iteration
+
+    def flaky(self, it: int):
+        row = real(self, it)
+        if it == 3:  # an injected NaN in the advantages poisons the step
+            self.phi = self.phi + np.nan
+            row["reward_mean"] = float("nan")
+        return row
+
+    r.algo_cls = type("Flaky", (r.algo_cls,), {"train_iteration": flaky})
+    logs: list[str] = []
+    assert Run(r, log=logs.append).train(progress=False)
+    rows = [x for x in read_rows(r.out / "metrics.csv") if x["phase"] == "meta_train"]
+    assert [x["iteration"] for x in rows] == [0, 1, 2, 4, 5, 6, 7]
+    assert all(np.isfinite(x["reward_mean"]) for x in rows)
+    assert any("iteration 3 rejected: non-finite reward_mean" in m for m in logs)
+    assert np.all(np.isfinite(final_params(r.out)))
+    assert checkpoint.read(checkpoint.list_checkpoints(r.out / "checkpoints")[-1])["rejected"] == 1
+
+
+def test_disk_full_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    r = resolve(RunSpec(env="tabular-grid", overrides=SETS, out=str(tmp_path / "run")))
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def full_disk(src, dst):
+        if str(dst).endswith(".pt"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(RunError, match=r"cannot write checkpoint .*ckpt_000006.pt: No space left on "
+                                       r"device; last good checkpoint: ckpt_000003.pt \(intact\)"):
+        Run(r, log=lambda m: None).train(progress=False)
+    assert checkpoint.read(r.out / "checkpoints" / "ckpt_000003.pt")["next_iteration"] == 3
+    assert not list((r.out / "checkpoints").glob(".*.tmp"))
+
+
+def test_unwritable_run_directory_is_one_line_exit_1(tmp_path: Path, monkeypatch, capsys) -> None:
+    def refuse(self, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code = main(["train", *ARGS, "--out", str(tmp_path / "ro" / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "cannot write to" in err[0] and "Read-only" in err[0]
+
+
+# ---------------------------------------------------------------- invalid input, property-based
+
+KEYS = ["seed", "iterations", "meta_batch", "val_tasks", "test_tasks", "test_steps", "lam", "lam_c",
+        "delta", "hyper", "lr", "meta_grad", "device", "meta_margin", "checkpoint_every"]
+
+
+def bad_value(key: str) -> st.SearchStrategy[str]:
+    numeric_bad = st.sampled_from(["-1", "-0.5", "abc", "nan", "inf", "", "1e400", "[1]"])
+    if key in ("hyper", "meta_grad", "device"):
+        return st.text(min_size=1, max_size=8).filter(
+            lambda s: s.strip() not in ("explicit", "theory", "hessian_free", "full", "cpu") and "\n" not in s
+            and "\x00" not in s)
+    if key in ("lam_c", "delta", "meta_margin", "seed", "test_steps"):
+        return st.sampled_from(["-1", "-0.5", "abc", "nan", "inf", "1e400"])
+    return numeric_bad
+
+
+@st.composite
+def bad_override(draw) -> str:
+    if draw(st.booleans()):
+        key = draw(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(
+            lambda k: k not in KEYS + ["alpha", "eval_every", "lr_cost", "init_logit_scale",
+                                       "keep_checkpoints"]))
+        return f"{key}=1"
+    key = draw(st.sampled_from(KEYS))
+    return f"{key}={draw(bad_value(key))}"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(item=bad_override(), env=st.sampled_from(["tabular-grid", "tabular-random"]))
+def test_invalid_config_always_exits_2_one_line_no_run_dir(tmp_path: Path, capsys, item: str, env: str) -> None:
+    out = tmp_path / f"run-{abs(hash(item))}"
+    code = main(["train", "--env", env, "--set", item, "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("safemeta: error: "), (item, err)
+    assert not out.exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(goal_x=st.integers(-5, 10), goal_y=st.integers(-5, 10),
+       slip=st.one_of(st.floats(-1, 2), st.just(float("nan"))))
+def test_invalid_grid_tasks_raise_value_error_naming_the_parameter(goal_x: int, goal_y: int,
+                                                                   slip: float) -> None:
+    from safemeta.envs.registry import suite
+
+    s = suite("tabular-grid")
+    ok_x, ok_y = 0 <= goal_x < 5, 0 <= goal_y < 5
+    ok_slip = 0 <= slip <= 0.5
+    d = {"goal_x": goal_x, "goal_y": goal_y, "slip": slip}
+    if ok_x and ok_y and ok_slip and (goal_x, goal_y) not in s.HAZARDS:
+        assert s.task_from_dict(d).goal_x == goal_x
+        return
+    with pytest.raises(ValueError) as e:
+        s.task_from_dict(d)
+    name = str(e.value).split(":")[0]
+    assert name in ("goal_x", "goal_y", "slip", "goal_x, goal_y")
+
+
+def test_checkpoint_holds_rng_state_and_torch_loads_it(tmp_path: Path, reference: Path) -> None:
+    payload = checkpoint.read(checkpoint.list_checkpoints(reference / "checkpoints")[-1])
+    assert payload["algo"]["rng"]["bit_generator"] == "PCG64"
+    assert payload["next_iteration"] == 8 and payload["metrics_rows"] == 8
+    assert isinstance(torch.__version__, str)
