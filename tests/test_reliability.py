@@ -200,7 +200,8 @@ def bad_override(draw) -> str:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(item=bad_override(), env=st.sampled_from(["tabular-grid", "tabular-random"]))
-def test_invalid_config_always_exits_2_one_line_no_run_dir(tmp_path: Path, capsys, item: str, env: str) -> None:
+def test_invalid_config_always_exits_2_one_line_no_run_dir(tmp_path: Path, capsys, item: str,
+                                                            env: str) -> None:
     out = tmp_path / f"run-{abs(hash(item))}"
     code = main(["train", "--env", env, "--set", item, "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -92,7 +92,7 @@ class GaussianPolicy(nn.Module):
         return act.numpy(), logp.numpy()
 
     def flat_params(self) -> torch.Tensor:
-        return torch.cat([p.reshape(-1) for p in self.parameters()])
+        return torch.cat([p.detach().reshape(-1) for p in self.parameters()])
 
     def set_flat_params(self, flat: torch.Tensor) -> None:
         i = 0

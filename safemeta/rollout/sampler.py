@@ -35,40 +35,47 @@ def single_thread() -> Iterator[None]:
 
 
 class EnvPool:
-    """Envs kept across calls: built once per task (LRU), so a reset never rebuilds a model.
+    """Envs kept across calls (LRU), so a reset never rebuilds a model (SPEC §4.2).
 
-    A suite env that has `set_task(task)` (SPEC §4) is re-targeted instead of rebuilt.
+    On a miss the least recently used env not needed by the current call is re-targeted
+    with `set_task(task)` when the suite's env has it (SPEC §4), else a new env is built.
     """
 
-    def __init__(self, suite: Suite, capacity: int = 512) -> None:
+    def __init__(self, suite: Suite, capacity: int = 256) -> None:
         self.suite, self.capacity = suite, capacity
-        self._by_task: OrderedDict[tuple[Task, int], gym.Env] = OrderedDict()
-        self._spare: list[gym.Env] = []
+        self._envs: OrderedDict[tuple[Task, int], gym.Env] = OrderedDict()
 
-    def get(self, task: Task, slot: int) -> gym.Env:
-        key = (task, slot)
-        if key in self._by_task:
-            self._by_task.move_to_end(key)
-            return self._by_task[key]
-        env = self._retarget(task) or self.suite.make(task)
-        self._by_task[key] = env
-        while len(self._by_task) > self.capacity:
-            _, old = self._by_task.popitem(last=False)
-            self._spare.append(old) if hasattr(old.unwrapped, "set_task") else old.close()
-        return env
+    def get_many(self, keys: list[tuple[Task, int]]) -> list[gym.Env]:
+        wanted = set(keys)
+        out = []
+        for key in keys:
+            if key in self._envs:
+                self._envs.move_to_end(key)
+                out.append(self._envs[key])
+                continue
+            env = self._reuse(wanted, key[0]) or self.suite.make(key[0])
+            self._envs[key] = env
+            out.append(env)
+        return out
 
-    def _retarget(self, task: Task) -> gym.Env | None:
-        if not self._spare:
+    def _reuse(self, wanted: set, task: Task) -> gym.Env | None:
+        """Evict the oldest env not wanted now when full; re-target it if it can be."""
+        if len(self._envs) < self.capacity:
             return None
-        env = self._spare.pop()
-        env.unwrapped.set_task(task)  # type: ignore[attr-defined]
-        return env
+        for key in self._envs:
+            if key not in wanted:
+                env = self._envs.pop(key)
+                if hasattr(env.unwrapped, "set_task"):
+                    env.unwrapped.set_task(task)  # type: ignore[attr-defined]
+                    return env
+                env.close()
+                return None
+        return None
 
     def close(self) -> None:
-        for env in [*self._by_task.values(), *self._spare]:
+        for env in self._envs.values():
             env.close()
-        self._by_task.clear()
-        self._spare.clear()
+        self._envs.clear()
 
 
 class Sampler:
@@ -76,7 +83,7 @@ class Sampler:
 
     def __init__(
         self, suite: Suite, horizon: int, gamma: float, envs_per_task: int = 0,
-        pool_capacity: int = 512,
+        pool_capacity: int = 256,
     ) -> None:
         self.suite, self.horizon, self.gamma = suite, horizon, gamma
         self.envs_per_task = envs_per_task
@@ -91,10 +98,11 @@ class Sampler:
         k = self.envs_per_task or episodes
         k = min(k, episodes)
         seen: dict[Task, int] = {}
-        envs = []
+        keys = []
         for task in tasks:  # a task listed twice gets its own envs
             dup = seen[task] = seen.get(task, -1) + 1
-            envs += [self.pool.get(task, dup * k + j) for j in range(k)]
+            keys += [(task, dup * k + j) for j in range(k)]
+        envs = self.pool.get_many(keys)
         quota = np.array([len(range(j, episodes, k)) for _ in tasks for j in range(k)])
         batch = BatchEnv(envs, self.horizon, self.num_costs)
         task_of_env = np.repeat(np.arange(len(tasks)), k)

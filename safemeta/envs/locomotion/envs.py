@@ -76,6 +76,8 @@ class TaskEnvMixin:
             raise ValueError(f"task: got {got}; accepted {accepted}")  # noqa: TRY004
         task.validate()
         self.task = task
+        if hasattr(self, "_ezpickle_args"):  # a pickled copy rebuilds with the current task
+            self._ezpickle_args = (task, *self._ezpickle_args[1:])
         self._on_task()
 
     def _on_task(self) -> None:

@@ -64,10 +64,12 @@ class LocomotionSuite(Suite):
         return float(cost_limit)
 
     def _cost_doc(self) -> str:
+        limit = f"; limit {self.cost_limit:g} per {self.horizon} steps"
         if self.cost == "energy":
-            return "per-step control energy ||a||^2 (action clipped to the actuator range)"
+            return "per-step control energy ||a||^2 (action clipped to the actuator range)" + limit
         threshold = self.env_class.velocity_threshold
-        return f"1 per step while speed > {threshold} m/s (Safety-Gymnasium v1 velocity cost)"
+        speed = "centre-of-mass xy speed" if self.id == "humanoid-dir" else "forward velocity v_x"
+        return f"1 per step while {speed} > {threshold} m/s (Safety-Gymnasium v1)" + limit
 
     def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Task]:
         self.check_split(split)

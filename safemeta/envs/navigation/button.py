@@ -2,7 +2,8 @@
 
 Four buttons (spheres, radius 0.1), one of them the goal. Reward: progress toward the
 goal button (last distance − distance) plus 1 when the agent touches it; then a new
-goal (another button) is drawn and a 10-step pause starts. Costs: touching a wrong
+goal (always another button) is drawn and a 10-step pause starts, during which presses
+do not count (Safety-Gym may redraw the same button and pay +1 again at once). Costs: touching a wrong
 button outside the pause (info["cost_buttons"]), depth inside a hazard of radius 0.2
 (info["cost_hazards"]), touching a gremlin, a 0.1 box orbiting its spawn point at
 radius 0.35 and 1 rad/s (info["cost_gremlins"]). info["cost"] is the 0/1 indicator
@@ -24,7 +25,7 @@ import numpy as np
 
 from safemeta.envs.base import ParamRange, Suite, Task
 from safemeta.envs.navigation import lidar
-from safemeta.envs.navigation.engine import NavEnv
+from safemeta.envs.navigation.engine import NavEnv, check_no_kwargs
 from safemeta.envs.navigation.robots import POINT, Robot, build_xml
 
 HORIZON = 1000
@@ -173,45 +174,57 @@ class ButtonEnv(NavEnv):
         self.set_task(task)
 
     def _init_roles(self) -> None:
-        """Per-geom role tables for reading contacts with numpy."""
+        """Per-geom role tables (Python lists) for reading contacts."""
         m = self.model
-        self._role = np.zeros(m.ngeom, dtype=np.int64)
-        self._button_of = np.full(m.ngeom, -1, dtype=np.int64)
         agent = m.body("agent").id
-        self._role[m.geom_bodyid == agent] = _ROLE_AGENT
+        self._role = [_ROLE_AGENT if b == agent else 0 for b in m.geom_bodyid.tolist()]
+        self._button_of = [-1] * m.ngeom
         for i in range(NUM_BUTTONS):
             gid = m.geom(f"button{i}").id
             self._role[gid], self._button_of[gid] = _ROLE_BUTTON, i
         for i in range(MAX_GREMLINS):
             self._role[m.geom(f"gremlin{i}").id] = _ROLE_GREMLIN
         self._goal_geom = m.geom("goal").id
+        self._gremlin_bodies = np.array([m.body(f"gremlin{i}").id for i in range(MAX_GREMLINS)])
         self._hazard_geoms = [m.geom(f"hazard{i}").id for i in range(MAX_HAZARDS)]
 
     def set_task(self, task: Task) -> None:  # type: ignore[override]
         if not isinstance(task, ButtonTask):
-            raise ValueError(f"task: got {type(task).__name__}; accepted ButtonTask")
+            raise TypeError(f"task: got {type(task).__name__}; accepted ButtonTask")
         task.validate()
         self.task = task
         self.buttons = np.array(task.buttons, dtype=np.float64)
         self.hazards = np.array(task.hazards, dtype=np.float64).reshape(-1, 2)
         self.gremlin_spawn = np.array(task.gremlins, dtype=np.float64).reshape(-1, 2)
         self._hazard_list = self.hazards.tolist()
+        self._init_points()
         m = self.model
         for i in range(NUM_BUTTONS):
             m.body_pos[m.body(f"button{i}").id, :2] = self.buttons[i]
         for i, g in enumerate(self._hazard_geoms):  # unused slots sink below the floor
             m.geom_pos[g] = (*self._hazard_list[i], 0.01) if i < len(self.hazards) else (0, 0, -1)
         self.view_distance = 2.5 * task.extent + 2.0
+        k = len(self.gremlin_spawn)  # slots unused by this task go back far away
+        self.data.mocap_pos[k:] = m.body_pos[self._gremlin_bodies[k:]]
         self._move_gremlins(0.0)
 
+    def _init_points(self) -> None:
+        """All lidar-observed positions in one array, buttons first, then goal, hazards,
+        gremlins; `_blocks` says which lidar (0 buttons, 1 goal, 2 hazards, 3 gremlins)."""
+        nh, ng = len(self.hazards), len(self.gremlin_spawn)
+        self._points = np.zeros((NUM_BUTTONS + 1 + nh + ng, 2))
+        self._points[:NUM_BUTTONS] = self.buttons
+        self._points[NUM_BUTTONS + 1:NUM_BUTTONS + 1 + nh] = self.hazards
+        self._blocks = [0] * NUM_BUTTONS + [1] + [2] * nh + [3] * ng
+        self._gremlin_rows = slice(NUM_BUTTONS + 1 + nh, None)
+
     def _move_gremlins(self, t: float) -> None:
-        """Gremlin i at spawn_i + 0.35·(sin t, cos t); unused slots stay far away."""
+        """Gremlin i at spawn_i + 0.35·(sin t, cos t) (mocap bodies; unused slots stay at
+        their far-away model position, which mj_resetData restores)."""
         k = len(self.gremlin_spawn)
-        mocap = self.data.mocap_pos
-        mocap[:k, :2] = self.gremlin_spawn + GREMLIN_TRAVEL * np.array([math.sin(t), math.cos(t)])
-        mocap[k:, 0] = 100.0 + np.arange(MAX_GREMLINS - k)
-        mocap[k:, 1] = 100.0
-        mocap[:, 2] = GREMLIN_SIZE + 0.005
+        if k:
+            offset = (GREMLIN_TRAVEL * math.sin(t), GREMLIN_TRAVEL * math.cos(t))
+            self.data.mocap_pos[:k, :2] = self.gremlin_spawn + offset
 
     def _place(self) -> None:
         rng = self.np_random
@@ -233,6 +246,7 @@ class ButtonEnv(NavEnv):
         """Make button `goal` the goal; (x, y) is the agent's position now."""
         self.goal = goal
         self.model.geom_pos[self._goal_geom, :2] = self.buttons[goal]
+        self._points[NUM_BUTTONS] = self.buttons[goal]
         gx, gy = self.buttons[goal]
         self.last_dist_goal = math.hypot(x - gx, y - gy)
 
@@ -240,19 +254,22 @@ class ButtonEnv(NavEnv):
         self._move_gremlins(float(self.data.time))
 
     def _touches(self) -> tuple[list[int], int]:
-        """Buttons the agent touches and the number of gremlin contacts (from contacts)."""
-        ncon = self.data.ncon
-        if ncon == 0:
-            return [], 0
-        geoms = self.data.contact.geom[:ncon]
-        roles = self._role[geoms]
-        is_agent = roles == _ROLE_AGENT
-        hit = is_agent[:, 0] ^ is_agent[:, 1]
-        if not hit.any():
-            return [], 0
-        other = np.where(is_agent[:, 0], geoms[:, 1], geoms[:, 0])[hit]
-        buttons = self._button_of[other]
-        return buttons[buttons >= 0].tolist(), int(np.count_nonzero(self._role[other] == _ROLE_GREMLIN))
+        """Buttons the agent touches and its number of gremlin contacts, from MuJoCo's
+        contacts (a Python loop: there are only a few contacts per step)."""
+        role, button_of = self._role, self._button_of
+        buttons, gremlins = [], 0
+        for g1, g2 in self.data.contact.geom[:self.data.ncon].tolist():
+            if role[g1] == _ROLE_AGENT:
+                other = g2
+            elif role[g2] == _ROLE_AGENT:
+                other = g1
+            else:
+                continue
+            if role[other] == _ROLE_BUTTON:
+                buttons.append(button_of[other])
+            elif role[other] == _ROLE_GREMLIN:
+                gremlins += 1
+        return buttons, gremlins
 
     def _reward_cost(self) -> tuple[float, dict[str, Any]]:
         buttons, gremlins = self._touches()
@@ -285,17 +302,12 @@ class ButtonEnv(NavEnv):
         self.timer = RESAMPLING_DELAY
 
     def _lidars(self, obs: np.ndarray) -> None:
-        s, n = self.robot.sensor_dim, lidar.NUM_BINS
-        pos, mat = self._xpos, self._xmat
-        if self.timer == 0:  # buttons lidar is zero during the pause (Safety-Gym)
-            lidar.fill(obs[s:s + n], lidar.ego_xy(self.buttons, pos, mat), LIDAR_MAX_DIST)
-        else:
-            obs[s:s + n] = 0.0
-        goal = self.buttons[self.goal:self.goal + 1]
-        lidar.fill(obs[s + n:s + 2 * n], lidar.ego_xy(goal, pos, mat), LIDAR_MAX_DIST)
-        lidar.fill(obs[s + 2 * n:s + 3 * n], lidar.ego_xy(self.hazards, pos, mat), LIDAR_MAX_DIST)
-        gremlins = self.data.mocap_pos[:len(self.gremlin_spawn), :2]
-        lidar.fill(obs[s + 3 * n:s + 4 * n], lidar.ego_xy(gremlins, pos, mat), LIDAR_MAX_DIST)
+        """Lidars buttons, goal, hazards, gremlins in one vectorised pass."""
+        points = self._points
+        points[self._gremlin_rows] = self.data.mocap_pos[:len(self.gremlin_spawn), :2]
+        start = 0 if self.timer == 0 else NUM_BUTTONS  # buttons unseen during the pause
+        ego = lidar.ego_xy(points[start:], self._xpos, self._xmat)
+        lidar.scatter(obs[self.robot.sensor_dim:], ego, self._blocks[start:], LIDAR_MAX_DIST)
 
 
 class PointButtonSuite(Suite):
@@ -329,7 +341,8 @@ class PointButtonSuite(Suite):
 
     def make(self, task: Task, render_mode: str | None = None, **kwargs: Any) -> ButtonEnv:
         if not isinstance(task, ButtonTask):
-            raise ValueError(f"task: got {type(task).__name__}; accepted ButtonTask")
+            raise TypeError(f"task: got {type(task).__name__}; accepted ButtonTask")
+        check_no_kwargs(kwargs)
         return ButtonEnv(self.robot, task, render_mode=render_mode)
 
     def param_ranges(self, split: str) -> list[ParamRange]:

@@ -8,7 +8,8 @@ depth inside them. The per-step cost is the 0/1 indicator "any cost > 0"; the
 components are in info["cost_walls"] and info["cost_hazards"].
 
 Observation: sensors, then the 16-bin lidar toward the circle's centre (max_dist 6),
-then (Car-Circle) the 16-bin hazards lidar: Point-Circle 28, Car-Circle 40 + 16 = 56.
+then (Car-Circle) the 16-bin hazards lidar, also max_dist 6 (Safety-Gymnasium has one
+lidar setting per task): Point-Circle 12 + 16 = 28, Car-Circle 24 + 16 + 16 = 56.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from safemeta.envs.base import ParamRange, Suite, Task
 from safemeta.envs.navigation import lidar
-from safemeta.envs.navigation.engine import NavEnv
+from safemeta.envs.navigation.engine import NavEnv, check_no_kwargs
 from safemeta.envs.navigation.robots import CAR, POINT, Robot, build_xml
 
 HORIZON = 500
@@ -85,8 +86,8 @@ def _check_finite(task: CircleTask) -> None:
 
 def _objects_xml() -> str:
     """Visual-only geoms (no contacts): the circle, two walls, hazard slots."""
-    parts = ['<geom name="circle" type="cylinder" size="1.5 0.002" pos="0 0 0.002" '
-             'contype="0" conaffinity="0" rgba="0 0.8 0 0.25"/>']
+    parts = [('<geom name="circle" type="cylinder" size="1.5 0.002" pos="0 0 0.002" '
+              'contype="0" conaffinity="0" rgba="0 0.8 0 0.25"/>')]
     for i in range(2):
         parts.append(f'<geom name="wall{i}" type="box" size="0.02 3 0.05" pos="0 0 0.05" '
                      'contype="0" conaffinity="0" rgba="0.9 0.6 0 0.6"/>')
@@ -112,13 +113,14 @@ class CircleEnv(NavEnv):
 
     def set_task(self, task: Task) -> None:  # type: ignore[override]
         if not isinstance(task, CircleTask):
-            raise ValueError(f"task: got {type(task).__name__}; accepted CircleTask")
+            raise TypeError(f"task: got {type(task).__name__}; accepted CircleTask")
         task.validate()
         self.task = task
         self.radius, self.wall = float(task.radius), float(task.wall)
         hazards = getattr(task, "hazards", ()) if self._with_hazards else ()
         self.hazards = np.array(hazards, dtype=np.float64).reshape(-1, 2)
         self._hazard_list = self.hazards.tolist()
+        self._hazard_blocks = [0] * len(self.hazards)
         m = self.model
         m.geom_size[self._geom["circle"], 0] = self.radius
         m.geom_pos[self._geom["wall0"], 0] = self.wall
@@ -148,7 +150,7 @@ class CircleEnv(NavEnv):
         obs[start:start + lidar.NUM_BINS] = vals
         if self._with_hazards:
             ego = lidar.ego_xy(self.hazards, self._xpos, self._xmat)
-            lidar.fill(obs[start + lidar.NUM_BINS:], ego, LIDAR_MAX_DIST)
+            lidar.scatter(obs[start + lidar.NUM_BINS:], ego, self._hazard_blocks, LIDAR_MAX_DIST)
 
     def _reward_cost(self) -> tuple[float, dict[str, Any]]:
         x, y = self._xpos[0], self._xpos[1]
@@ -217,7 +219,8 @@ class PointCircleSuite(Suite):
 
     def make(self, task: Task, render_mode: str | None = None, **kwargs: Any) -> CircleEnv:
         if not isinstance(task, self.task_type):
-            raise ValueError(f"task: got {type(task).__name__}; accepted {self.task_type.__name__}")
+            raise TypeError(f"task: got {type(task).__name__}; accepted {self.task_type.__name__}")
+        check_no_kwargs(kwargs)
         return CircleEnv(self.robot, task, self.with_hazards, render_mode=render_mode)
 
     def param_ranges(self, split: str) -> list[ParamRange]:

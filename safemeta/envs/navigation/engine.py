@@ -9,14 +9,10 @@ the speed of a bare MuJoCo loop (SPEC §6).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from typing import Any, ClassVar
-
-# Headless machines: MuJoCo picks its GL backend when first imported; without a
-# display GLFW cannot render, so default to EGL there (a user's MUJOCO_GL wins).
-if "mujoco" not in sys.modules and not os.environ.get("DISPLAY"):
-    os.environ.setdefault("MUJOCO_GL", "egl")
+from typing import Any
 
 import gymnasium as gym
 import mujoco
@@ -33,6 +29,12 @@ def compile_count() -> int:
     return _COMPILES[0]
 
 
+def check_no_kwargs(kwargs: dict[str, Any]) -> None:
+    """`Suite.make` accepts only render_mode here; name anything else."""
+    if kwargs:
+        raise ValueError(f"make: unknown argument(s) {sorted(kwargs)}; accepted ['render_mode']")
+
+
 def compile_model(xml: str) -> mujoco.MjModel:
     _COMPILES[0] += 1
     return mujoco.MjModel.from_xml_string(xml)
@@ -41,7 +43,7 @@ def compile_model(xml: str) -> mujoco.MjModel:
 class NavEnv(gym.Env[np.ndarray, np.ndarray]):
     """A navigation task env; subclasses define the task's objects, reward and cost."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 25}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 25}
     view_distance: float = 6.0  # overhead camera distance for rendering
 
     def __init__(self, robot: Robot, xml: str, obs_dim: int, horizon: int,
@@ -120,7 +122,7 @@ class NavEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.render_mode != "rgb_array":
             return None
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, 240, 320)
+            self._renderer = make_renderer(self.model, 240, 320)
             self._camera = mujoco.MjvCamera()
             self._camera.lookat[:] = (0.0, 0.0, 0.0)
             self._camera.distance = self.view_distance
@@ -133,3 +135,24 @@ class NavEnv(gym.Env[np.ndarray, np.ndarray]):
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+
+def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:
+    """An offscreen renderer. MuJoCo picks its GL backend (MUJOCO_GL) when imported and
+    defaults to GLFW, which needs a display; headless and with MUJOCO_GL unset, use EGL,
+    then OSMesa, for this renderer only."""
+    if os.environ.get("DISPLAY") or os.environ.get("MUJOCO_GL"):
+        return mujoco.Renderer(model, height, width)
+    gl = sys.modules[mujoco.Renderer.__module__].gl_context
+    errors = []
+    for backend in ("egl", "osmesa"):
+        saved = gl.GLContext
+        try:
+            gl.GLContext = importlib.import_module(f"mujoco.{backend}").GLContext
+            return mujoco.Renderer(model, height, width)
+        except Exception as exc:  # noqa: BLE001 - try the next backend, report all
+            errors.append(f"{backend}: {exc}")
+        finally:
+            gl.GLContext = saved
+    raise RuntimeError("offscreen rendering needs EGL or OSMesa (or set MUJOCO_GL): "
+                       + "; ".join(errors))

@@ -5,8 +5,9 @@ with w = 2π / num_bins; reading s = max(0, max_dist − d) / max_dist; bin b ta
 max(bin, s), and with aliasing the neighbours take α·s (bin b+1) and (1 − α)·s
 (bin b−1), α = (a − b·w) / w, all modulo num_bins.
 
-Objects are few (≤ 8 per type), so a scalar loop with `math` beats numpy's per-call
-overhead; the world→agent transform is one small matrix product.
+Objects are few (≤ 19 in all), so binning is a scalar loop with `math`, which beats
+numpy's per-call overhead on such small arrays; the world→agent transform of all
+objects is one small matrix product.
 """
 
 from __future__ import annotations
@@ -23,47 +24,47 @@ def ego_xy(points: np.ndarray, agent_pos: np.ndarray, agent_mat: np.ndarray) -> 
     """Egocentric (x, y) of world points (k, 2) lying on the floor (z = 0).
 
     As Safety-Gymnasium's `_ego_xy`: ((x, y, 0) − agent_pos) @ R, first two components,
-    with R the agent's 3×3 orientation (body → world).
+    with R the agent's 3×3 orientation (body → world, row-major 9-vector or 3×3).
     """
-    rel = np.empty((len(points), 3))
-    rel[:, :2] = points - agent_pos[:2]
-    rel[:, 2] = -agent_pos[2]
-    return (rel @ agent_mat.reshape(3, 3))[:, :2]
+    mat = agent_mat.reshape(3, 3)
+    return (points - agent_pos[:2]) @ mat[:2, :2] - agent_pos[2] * mat[2, :2]
 
 
-def add_point(out: list[float], x: float, y: float, max_dist: float,
+def add_point(out: list[float], x: float, y: float, max_dist: float, base: int = 0,
               num_bins: int = NUM_BINS, alias: bool = True) -> None:
-    """Accumulate one object at egocentric (x, y) into the lidar `out` (max-pooling)."""
-    sensor = max(0.0, max_dist - math.hypot(x, y)) / max_dist
+    """Accumulate one object at egocentric (x, y) into the lidar `out[base:base + num_bins]`
+    (max-pooling), as Safety-Gymnasium's `_obs_lidar_pseudo`."""
+    sensor = max_dist - math.hypot(x, y)
     if sensor <= 0.0:
         return
-    bin_size = TWO_PI / num_bins
-    angle = math.atan2(y, x) % TWO_PI
-    b = int(angle / bin_size) % num_bins  # `% num_bins` guards angle rounding to 2π
-    if sensor > out[b]:
-        out[b] = sensor
+    sensor /= max_dist
+    pos = (math.atan2(y, x) % TWO_PI) * (num_bins / TWO_PI)  # angle in bins
+    b = int(pos)
+    frac = pos - b  # the alias α in [0, 1)
+    b %= num_bins  # an angle that rounds to 2π is angle 0
+    i = base + b
+    out[i] = max(out[i], sensor)
     if not alias:
         return
-    frac = min(max((angle - b * bin_size) / bin_size, 0.0), 1.0)
-    up, down = (b + 1) % num_bins, (b - 1) % num_bins
-    if frac * sensor > out[up]:
-        out[up] = frac * sensor
-    if (1.0 - frac) * sensor > out[down]:
-        out[down] = (1.0 - frac) * sensor
+    i = base + (b + 1) % num_bins
+    out[i] = max(out[i], frac * sensor)
+    i = base + (b - 1) % num_bins
+    out[i] = max(out[i], (1.0 - frac) * sensor)
 
 
-def lidar(ego: np.ndarray, max_dist: float, num_bins: int = NUM_BINS,
-          alias: bool = True) -> np.ndarray:
+def scatter(out: np.ndarray, ego: np.ndarray, blocks: list[int], max_dist: float,
+            num_bins: int = NUM_BINS) -> None:
+    """Overwrite `out`, the concatenation of several lidars, with objects `ego` (k, 2);
+    object j goes to lidar `blocks[j]`. (A scalar loop: for ≤ 20 objects it is about
+    twice as fast as numpy's small-array calls.)"""
+    vals = [0.0] * len(out)
+    for block, (x, y) in zip(blocks, ego.tolist()):
+        add_point(vals, x, y, max_dist, block * num_bins, num_bins)
+    out[:] = vals
+
+
+def lidar(ego: np.ndarray, max_dist: float, num_bins: int = NUM_BINS) -> np.ndarray:
     """The lidar of objects at egocentric positions `ego` (k, 2)."""
     out = np.zeros(num_bins)
-    fill(out, ego, max_dist, num_bins, alias)
+    scatter(out, ego, [0] * len(ego), max_dist, num_bins)
     return out
-
-
-def fill(out: np.ndarray, ego: np.ndarray, max_dist: float, num_bins: int = NUM_BINS,
-         alias: bool = True) -> None:
-    """Overwrite `out` (num_bins,) with the lidar of the objects at `ego` (k, 2)."""
-    vals = [0.0] * num_bins
-    for x, y in ego.tolist():
-        add_point(vals, x, y, max_dist, num_bins, alias)
-    out[:] = vals

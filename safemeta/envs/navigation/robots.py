@@ -48,7 +48,11 @@ _CAR_BODY = """
       <geom name="agent" type="box" size=".1 .1 .05" density="5"/>
       <geom name="back_bumper" type="box" pos="0 .15 0" size=".1 .01 .05" density="5"
             rgba="0.0039 0.1529 0.3961 1"/>
+      <geom name="back_connector" type="box" pos="0 .125 0" size=".01 .025 .03" density="5"
+            rgba="0.0039 0.1529 0.3961 1"/>
       <geom name="front_bumper" type="box" pos="0 -.165 0" size=".05 .01 .05" density="5"
+            rgba="0.0039 0.1529 0.3961 1"/>
+      <geom name="front_connector" type="box" pos="0 -.13 .04" size=".05 .03 .01" density="5"
             rgba="0.0039 0.1529 0.3961 1"/>
       <site name="agent" size="0.032" rgba="1 0 0 .1"/>
       <body name="left" pos="-.1 .1 -.05">
