@@ -22,9 +22,7 @@ def save_video(frames: Sequence[np.ndarray], path: str, fps: int = 30) -> None:
     """Write `frames` (each H×W×3 uint8 RGB, all one shape) to `path` (.gif or .mp4)."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in VIDEO_EXTENSIONS:
-        raise ValueError(
-            f"path: extension {ext!r} not supported; accepted {list(VIDEO_EXTENSIONS)}"
-        )
+        raise ValueError(f"path: extension {ext!r} not supported; accepted {list(VIDEO_EXTENSIONS)}")
     if not isinstance(fps, int) or fps <= 0:
         raise ValueError(f"fps: got {fps!r}; accepted a positive integer")
     stack = _check_frames(frames)

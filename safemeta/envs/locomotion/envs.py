@@ -173,11 +173,7 @@ class HopperVelEnv(TaskEnvMixin, HopperEnv):
         self.do_simulation(action, self.frame_skip)
         x_velocity = (self.data.qpos[0] - x_before) / self.dt
         healthy = self.is_healthy  # v5: healthy bonus while healthy, terminate when not
-        reward = (
-            -abs(x_velocity - self._target)
-            + healthy * self._healthy_reward
-            - self.control_cost(action)
-        )
+        reward = -abs(x_velocity - self._target) + healthy * self._healthy_reward - self.control_cost(action)
         info = {"x_velocity": x_velocity, "target_velocity": self._target}
         cost = self._cost(action, x_velocity)
         return self._finish(self._get_obs(), reward, not healthy, cost, info)
@@ -231,9 +227,7 @@ class HumanoidDirEnv(TaskEnvMixin, HumanoidEnv):
         forward = vx * self._unit[0] + vy * self._unit[1]
         healthy = self.is_healthy
         reward = (
-            self._forward_reward_weight * forward
-            + healthy * self._healthy_reward
-            - self.control_cost(action)
+            self._forward_reward_weight * forward + healthy * self._healthy_reward - self.control_cost(action)
         )
         info = {"x_velocity": vx, "y_velocity": vy, "forward_velocity": forward}
         cost = self._cost(action, math.hypot(vx, vy))

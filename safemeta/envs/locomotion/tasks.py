@@ -17,9 +17,7 @@ class VelocityTask(Task):
     def validate(self) -> None:
         v = self.target_velocity
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(
-                f"target_velocity: got {v!r}; accepted a finite number >= 0 (m/s, forward)"
-            )
+            raise ValueError(f"target_velocity: got {v!r}; accepted a finite number >= 0 (m/s, forward)")
 
 
 @dataclass(frozen=True)
