@@ -6,8 +6,11 @@ From data collected by π_k on one task:
 3. projection: minimise E_s[KL(π_θ‖π_k)] − (1/η) Ê[(π_θ/π_k) B], B = A − Σ u_i A_{c_i}
    (= E_s[KL(π_θ‖π*)] + const, π* ∝ π_k exp(B/η)) with Adam for a few epochs;
 4. verification: the constraint surrogate J_c + κ Ê[(π_θ/π_k) A_c] + λ_c KL of π_θ must
-   hold with a margin; otherwise back off θ toward θ_k by halving; if nothing holds,
-   keep π_k. A policy that failed the check is never returned.
+   hold with a margin (and, by default, KL ≤ verify_max_kl: the importance-weighted
+   estimate is unreliable far from π_k; measured on halfcheetah-vel, the adapted
+   policies that exceeded the limit were those with KL ≳ 0.25); otherwise back off θ
+   toward θ_k by halving; if nothing holds, keep π_k. A policy that failed the check is
+   never returned.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 
 from safemeta.core.dual import DualProblem, DualSolution, solve_dual
 from safemeta.nn.critic import LinearCritic, MLPCritic
-from safemeta.nn.policy import GaussianPolicy, gaussian_kl
+from safemeta.nn.policy import GaussianPolicy, StackedGaussian, gaussian_kl, gaussian_log_prob
 from safemeta.rollout.buffer import Rollout, discounted_returns, gae, next_values
 
 
@@ -43,6 +46,7 @@ class AdaptSettings:
     verify_margin: float = 0.0  # absolute, in cost units: accept when surrogate ≤ d + δ − margin
     max_backoffs: int = 10
     verify_recovery: bool = True  # π_k infeasible: accept steps whose surrogate lowers the cost
+    verify_max_kl: float = 0.1  # also back off while E_s[KL(π‖π_k)] exceeds this; 0 disables
     critic_reg: float = 1e-5
     device: str = "cpu"
 
@@ -71,9 +75,15 @@ def normalized_obs(policy: GaussianPolicy, obs: np.ndarray) -> np.ndarray:
         return policy.normalizer(torch.as_tensor(obs, dtype=torch.float32)).numpy()
 
 
-def fit_critics(roll: Rollout, policy: GaussianPolicy, gamma: float, kind: str = "linear",
-                reg: float = 1e-5, shared: MLPCritic | None = None,
-                rng: np.random.Generator | None = None) -> list:
+def fit_critics(
+    roll: Rollout,
+    policy: GaussianPolicy,
+    gamma: float,
+    kind: str = "linear",
+    reg: float = 1e-5,
+    shared: MLPCritic | None = None,
+    rng: np.random.Generator | None = None,
+) -> list:
     """Per task a fitted critic predicting (n, 1 + p) values: reward then costs.
 
     "linear": a per-task linear feature baseline; "mlp": the shared MLP critic fitted on
@@ -98,10 +108,19 @@ def task_advantages(roll: Rollout, critic, policy: GaussianPolicy, st: AdaptSett
     """GAE for reward and every cost of a one-task rollout, with the time-limit bootstrap."""
     value = critic.predict(normalized_obs(policy, roll.obs), roll.t)
     t_final = roll.t[roll.truncated] + 1
-    final_value = critic.predict(normalized_obs(policy, roll.final_obs), t_final) if t_final.size else value[:0]
+    final_value = (
+        critic.predict(normalized_obs(policy, roll.final_obs), t_final) if t_final.size else value[:0]
+    )
     rc = np.concatenate([roll.reward[:, None], roll.cost], axis=1)
-    adv_all = gae(rc, value, next_values(value, final_value, roll.truncated), roll.terminated,
-                  roll.done, st.gamma, st.gae_lambda)
+    adv_all = gae(
+        rc,
+        value,
+        next_values(value, final_value, roll.truncated),
+        roll.terminated,
+        roll.done,
+        st.gamma,
+        st.gae_lambda,
+    )
     adv, cost_adv = adv_all[:, 0], adv_all[:, 1:]
     if st.normalize_adv:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -117,8 +136,15 @@ def kappa_of(roll: Rollout, st: AdaptSettings) -> float:
     return float(np.concatenate(roll.ep_length).mean())
 
 
-def surrogate_cost(policy: GaussianPolicy, ref: GaussianPolicy, obs: torch.Tensor, act: torch.Tensor,
-                   logp_k: torch.Tensor, a: Advantages, lam_c: np.ndarray) -> tuple[np.ndarray, float]:
+def surrogate_cost(
+    policy: GaussianPolicy,
+    ref: GaussianPolicy,
+    obs: torch.Tensor,
+    act: torch.Tensor,
+    logp_k: torch.Tensor,
+    a: Advantages,
+    lam_c: np.ndarray,
+) -> tuple[np.ndarray, float]:
     """J_c + κ Ê[(π/π_k) A_c] + λ_c E_s[KL(π‖π_k)] (SPEC §2.1 constraint; §2.4 step 4)."""
     with torch.no_grad():
         mean, log_std = policy(obs)
@@ -128,30 +154,76 @@ def surrogate_cost(policy: GaussianPolicy, ref: GaussianPolicy, obs: torch.Tenso
     return a.cost_value + a.kappa * (ratio @ a.cost_adv) / len(ratio) + lam_c * kl, kl
 
 
-def project(policy_k: GaussianPolicy, obs: torch.Tensor, act: torch.Tensor, logp_k: torch.Tensor,
-            b: torch.Tensor, eta: float, st: AdaptSettings, rng: np.random.Generator) -> GaussianPolicy:
-    """SPEC §2.4 step 3: Adam on E_s[KL(π_θ‖π_k)] − (1/η) Ê[(π_θ/π_k) B]."""
-    new = copy.deepcopy(policy_k)
-    opt = torch.optim.Adam(new.parameters(), lr=st.proj_lr)
+def project(
+    policy_k: GaussianPolicy,
+    obs: torch.Tensor,
+    act: torch.Tensor,
+    logp_k: torch.Tensor,
+    b: torch.Tensor,
+    eta: float,
+    st: AdaptSettings,
+    rng: np.random.Generator,
+) -> GaussianPolicy:
+    """SPEC §2.4 step 3 for one task (see `project_batch`)."""
+    ones = torch.ones_like(logp_k)[None]
+    return project_batch(
+        [policy_k],
+        obs[None],
+        act[None],
+        logp_k[None],
+        b[None],
+        ones,
+        torch.tensor([eta], dtype=torch.float32, device=obs.device),
+        st,
+        rng,
+    )[0]
+
+
+def project_batch(
+    policies_k: list[GaussianPolicy],
+    obs: torch.Tensor,
+    act: torch.Tensor,
+    logp_k: torch.Tensor,
+    b: torch.Tensor,
+    mask: torch.Tensor,
+    eta: torch.Tensor,
+    st: AdaptSettings,
+    rng: np.random.Generator,
+) -> list[GaussianPolicy]:
+    """SPEC §2.4 step 3 for T tasks at once: Adam on Σ_τ E_s[KL(π_θτ‖π_kτ)] − (1/η_τ) Ê[(π_θτ/π_kτ) B_τ].
+
+    Tensors are (T, n, ...) padded to the longest task; `mask` (T, n) marks real samples.
+    """
+    stack = StackedGaussian(policies_k).to(obs.device)
+    opt = torch.optim.Adam(stack.parameters(), lr=st.proj_lr)
     with torch.no_grad():
-        mean_k, log_std_k = policy_k(obs)
-    n = len(obs)
+        mean_k, log_std_k = stack(obs)
+    n = obs.shape[1]
     for _ in range(st.proj_epochs):
         for idx in np.array_split(rng.permutation(n), max(1, min(st.proj_minibatches, n))):
             i = torch.as_tensor(idx, device=obs.device)
-            mean, log_std = new(obs[i])
-            kl = gaussian_kl(mean, log_std, mean_k[i], log_std_k[i]).mean()
-            ratio = torch.exp(new.log_prob(obs[i], act[i]) - logp_k[i])
-            loss = kl - (ratio * b[i]).mean() / eta
+            mean, log_std = stack(obs[:, i])
+            kl = gaussian_kl(mean, log_std, mean_k[:, i], log_std_k[:, i])
+            ratio = torch.exp(gaussian_log_prob(mean, log_std, act[:, i]) - logp_k[:, i])
+            m = mask[:, i]
+            per_task = ((kl - ratio * b[:, i] / eta[:, None]) * m).sum(1) / m.sum(1).clamp(min=1)
             opt.zero_grad()
-            loss.backward()
+            per_task.sum().backward()
             opt.step()
-    return new
+    return stack.unstack(policies_k[0])
 
 
-def verify(new: GaussianPolicy, policy_k: GaussianPolicy, obs: torch.Tensor, act: torch.Tensor,
-           logp_k: torch.Tensor, a: Advantages, st: AdaptSettings, lam_c: np.ndarray,
-           bound: np.ndarray) -> tuple[GaussianPolicy, np.ndarray, float, int, bool]:
+def verify(
+    new: GaussianPolicy,
+    policy_k: GaussianPolicy,
+    obs: torch.Tensor,
+    act: torch.Tensor,
+    logp_k: torch.Tensor,
+    a: Advantages,
+    st: AdaptSettings,
+    lam_c: np.ndarray,
+    bound: np.ndarray,
+) -> tuple[GaussianPolicy, np.ndarray, float, int, bool]:
     """SPEC §2.4 step 4: back off θ toward θ_k by halving until the surrogate holds."""
     theta_k, theta = policy_k.flat_params(), new.flat_params()
     recover = st.verify_recovery and np.any(a.cost_value > bound)
@@ -162,35 +234,93 @@ def verify(new: GaussianPolicy, policy_k: GaussianPolicy, obs: torch.Tensor, act
         ok = sur <= bound
         if recover:  # π_k infeasible: feasible constraints stay so, violated ones decrease
             ok = np.where(a.cost_value > bound, sur < a.cost_value, ok)
-        if np.all(ok) and np.all(np.isfinite(sur)):
+        trusted = st.verify_max_kl <= 0 or kl <= st.verify_max_kl  # the ratio estimator's range
+        if np.all(ok) and np.all(np.isfinite(sur)) and trusted:
             return new, sur, kl, k, True
     sur0, _ = surrogate_cost(policy_k, policy_k, obs, act, logp_k, a, lam_c)
     return policy_k, sur0, 0.0, st.max_backoffs + 1, False
 
 
-def adapt_step(policy_k: GaussianPolicy, roll: Rollout, critic, cost_limit: np.ndarray,
-               st: AdaptSettings, rng: np.random.Generator) -> AdaptResult:
+def adapt_step(
+    policy_k: GaussianPolicy,
+    roll: Rollout,
+    critic,
+    cost_limit: np.ndarray,
+    st: AdaptSettings,
+    rng: np.random.Generator,
+) -> AdaptResult:
     """One verified safe adaptation step from π_k on a one-task rollout (SPEC §2.4)."""
-    times: dict[str, float] = {}
+    return adapt_batch([policy_k], roll, [critic], cost_limit, st, rng)[0]
+
+
+def adapt_batch(
+    policies_k: list[GaussianPolicy],
+    roll: Rollout,
+    critics: list,
+    cost_limit: np.ndarray,
+    st: AdaptSettings,
+    rng: np.random.Generator,
+) -> list[AdaptResult]:
+    """One verified safe adaptation step per task of `roll`, task i from `policies_k[i]`:
+    advantages and the dual per task, one batched projection, verification per task."""
     t0 = time.perf_counter()
-    a = task_advantages(roll, critic, policy_k, st)
-    p = a.cost_adv.shape[1]
+    tasks = [roll.task(i) for i in range(roll.num_tasks)]
+    advs = [task_advantages(r, c, pk, st) for r, c, pk in zip(tasks, critics, policies_k)]
+    finite = [_finite(a) for a in advs]  # SPEC §8: a non-finite sample is rejected, never used
+    advs = [a if ok else _zeroed(a) for a, ok in zip(advs, finite)]
+    p = advs[0].cost_adv.shape[1]
     lam_c = np.broadcast_to(np.asarray(st.lam_c, np.float64), (p,))
     delta = np.broadcast_to(np.asarray(st.delta, np.float64), (p,))
     t1 = time.perf_counter()
-    sol = solve_dual(DualProblem(a.adv, a.cost_adv, a.cost_value, cost_limit, st.lam, lam_c, delta, a.kappa))
+    sols = [
+        solve_dual(DualProblem(a.adv, a.cost_adv, a.cost_value, cost_limit, st.lam, lam_c, delta, a.kappa))
+        for a in advs
+    ]
     t2 = time.perf_counter()
     dev = torch.device(st.device)
-    learner = copy.deepcopy(policy_k).to(dev)
-    obs = torch.as_tensor(roll.obs, dtype=torch.float32, device=dev)
-    act = torch.as_tensor(roll.act, dtype=torch.float32, device=dev)
-    with torch.no_grad():
-        logp_k = learner.log_prob(obs, act)  # = roll.logp up to float error; recomputed on device
-    b = torch.as_tensor(a.adv - a.cost_adv @ sol.u, dtype=torch.float32, device=dev)
-    new = project(learner, obs, act, logp_k, b, sol.eta, st, rng)
+    learners = [copy.deepcopy(pk).to(dev) for pk in policies_k]
+    obs, act, mask = (
+        _padded([r.obs for r in tasks], dev),
+        _padded([r.act for r in tasks], dev),
+        _padded([np.ones(len(r.obs)) for r in tasks], dev),
+    )
+    with torch.no_grad():  # log π_k on the learner device (= roll.logp up to float error)
+        logp_k = torch.stack([lp.log_prob(obs[i], act[i]) for i, lp in enumerate(learners)])
+    b = _padded([a.adv - a.cost_adv @ sol.u for a, sol in zip(advs, sols)], dev)  # B = A − Σ u A_c
+    eta = torch.tensor([sol.eta for sol in sols], dtype=torch.float32, device=dev)
+    new = project_batch(learners, obs, act, logp_k, b, mask, eta, st, rng)
     bound = cost_limit + delta - st.verify_margin
-    new, sur, kl, backoffs, ok = verify(new, learner, obs, act, logp_k, a, st, lam_c, bound)
+    results = []
+    for i, (a, sol) in enumerate(zip(advs, sols)):
+        k = len(tasks[i].obs)
+        pol, sur, kl, backoffs, ok = verify(
+            new[i], learners[i], obs[i, :k], act[i, :k], logp_k[i, :k], a, st, lam_c, bound
+        )
+        ok = ok and finite[i]
+        results.append(AdaptResult(pol.to("cpu") if ok else policies_k[i], sol, kl, sur, backoffs, ok))
     t3 = time.perf_counter()
-    times.update(t_adv=t1 - t0, t_dual=t2 - t1, t_projection=t3 - t2)
-    out = new.to("cpu") if ok else policy_k
-    return AdaptResult(out, sol, kl, sur, backoffs, ok, times)
+    for r in results:  # the batch's phase times, shared out per task
+        r.times.update(
+            t_adv=(t1 - t0) / len(results),
+            t_dual=(t2 - t1) / len(results),
+            t_projection=(t3 - t2) / len(results),
+        )
+    return results
+
+
+def _finite(a: Advantages) -> bool:
+    return all(bool(np.isfinite(x).all()) for x in (a.adv, a.cost_adv, a.cost_value))
+
+
+def _zeroed(a: Advantages) -> Advantages:
+    """A stand-in for a non-finite sample: zero advantages (the step is then rejected)."""
+    return Advantages(np.zeros_like(a.adv), np.zeros_like(a.cost_adv), np.nan_to_num(a.cost_value), a.kappa)
+
+
+def _padded(arrays: list[np.ndarray], dev: torch.device) -> torch.Tensor:
+    """Stack per-task arrays (n_i, ...) into (T, max n_i, ...) float32, zero-padded."""
+    n = max(len(a) for a in arrays)
+    out = np.zeros((len(arrays), n, *arrays[0].shape[1:]), np.float32)
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = a
+    return torch.as_tensor(out, device=dev)

@@ -83,13 +83,19 @@ def solve_dual(prob: DualProblem, mu_max: float = 1e6) -> DualSolution:
         mu = _lbfgsb(prob, mu_max)
     _, g, w, kl = prob.stats(mu)
     return DualSolution(
-        mu=mu, u=prob.kappa * mu, eta=prob.tilt(mu)[1], weights=w, kl=kl,
-        surrogate=g + prob.cost_limit + prob.delta, infeasible=bool(np.any(g > 1e-6 * (1 + np.abs(prob.cost_limit)))),
+        mu=mu,
+        u=prob.kappa * mu,
+        eta=prob.tilt(mu)[1],
+        weights=w,
+        kl=kl,
+        surrogate=g + prob.cost_limit + prob.delta,
+        infeasible=bool(np.any(g > 1e-6 * (1 + np.abs(prob.cost_limit)))),
     )
 
 
 def _root_1d(prob: DualProblem, mu_max: float) -> np.ndarray:
     """g(μ) is non-increasing: bracket the root by doubling, then Brent."""
+
     def g(m: float) -> float:
         return float(prob.stats(np.array([m]))[1][0])
 
@@ -108,6 +114,12 @@ def _lbfgsb(prob: DualProblem, mu_max: float) -> np.ndarray:
         d, g, _, _ = prob.stats(mu)
         return d, -g
 
-    res = minimize(fun, np.zeros(p), jac=True, method="L-BFGS-B", bounds=[(0.0, mu_max)] * p,
-                   options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 500})
+    res = minimize(
+        fun,
+        np.zeros(p),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0.0, mu_max)] * p,
+        options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 500},
+    )
     return np.asarray(res.x, np.float64)

@@ -31,26 +31,35 @@ class LinearCritic:
         self.coef: np.ndarray | None = None
 
     def fit(self, obs: np.ndarray, t: np.ndarray, targets: np.ndarray) -> None:
-        x = linear_features(obs, t)
-        xtx, xty = x.T @ x, x.T @ targets
+        # torch (one thread inside the algorithm) rather than numpy's BLAS: a multi-threaded
+        # BLAS on small matrices thrashes on a busy 2-core machine
+        x = torch.as_tensor(linear_features(obs, t))
+        xtx, xty = x.T @ x, x.T @ torch.as_tensor(targets, dtype=torch.float64)
         reg = self.reg
         for _ in range(6):  # raise the ridge until the solve is finite (as ProMP does)
-            coef = np.linalg.solve(xtx + reg * np.eye(x.shape[1]), xty)
-            if np.all(np.isfinite(coef)):
+            coef = torch.linalg.solve(xtx + reg * torch.eye(x.shape[1], dtype=torch.float64), xty)
+            if bool(torch.isfinite(coef).all()):
                 break
             reg *= 10
-        self.coef = coef
+        self.coef = coef.numpy()
 
     def predict(self, obs: np.ndarray, t: np.ndarray) -> np.ndarray:
         assert self.coef is not None, "fit the critic first"
-        return linear_features(obs, t) @ self.coef
+        return (torch.as_tensor(linear_features(obs, t)) @ torch.as_tensor(self.coef)).numpy()
 
 
 class MLPCritic(nn.Module):
     """A tanh MLP value function with 1 + p outputs on normalised observations."""
 
-    def __init__(self, obs_dim: int, num_costs: int, hidden: list[int] | tuple[int, ...] = (64, 64),
-                 lr: float = 1e-3, epochs: int = 5, minibatch: int = 256) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        num_costs: int,
+        hidden: list[int] | tuple[int, ...] = (64, 64),
+        lr: float = 1e-3,
+        epochs: int = 5,
+        minibatch: int = 256,
+    ) -> None:
         super().__init__()
         self.net = mlp([obs_dim + 1, *hidden, 1 + num_costs])
         self.optim = torch.optim.Adam(self.net.parameters(), lr=lr)
@@ -62,8 +71,9 @@ class MLPCritic(nn.Module):
         x = np.concatenate([np.clip(obs, -10, 10), t[:, None] / 100.0], axis=1)
         return torch.as_tensor(x, dtype=torch.float32, device=dev)
 
-    def fit(self, obs: np.ndarray, t: np.ndarray, targets: np.ndarray,
-            rng: np.random.Generator | None = None) -> None:
+    def fit(
+        self, obs: np.ndarray, t: np.ndarray, targets: np.ndarray, rng: np.random.Generator | None = None
+    ) -> None:
         rng = rng or np.random.default_rng(0)
         x = self._x(obs, t)
         y = torch.as_tensor(targets, dtype=torch.float32, device=x.device)

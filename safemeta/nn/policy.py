@@ -8,6 +8,7 @@ normalisation, SPEC §2.4).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -59,7 +60,10 @@ class GaussianPolicy(nn.Module):
     """Diagonal Gaussian policy: tanh MLP mean, state-independent log-std."""
 
     def __init__(
-        self, obs_dim: int, act_dim: int, hidden: list[int] | tuple[int, ...] = (64, 64),
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: list[int] | tuple[int, ...] = (64, 64),
         init_log_std: float = 0.0,
     ) -> None:
         super().__init__()
@@ -114,3 +118,60 @@ def gaussian_kl(
     var_p, var_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
     kl = log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5
     return kl.sum(-1)
+
+
+class StackedGaussian(nn.Module):
+    """T Gaussian policies of one architecture evaluated as one batched network.
+
+    Layer weights are stacked to (T, in, out) and applied with `baddbmm` to observations
+    shaped (T, n, d), so the projections of a whole meta-batch (SPEC §2.4 step 3) run as
+    one optimisation: the loss is a sum over tasks and Adam is elementwise, so each task's
+    parameters follow exactly the trajectory they would follow alone.
+    """
+
+    def __init__(self, policies: list[GaussianPolicy]) -> None:
+        super().__init__()
+        self.normalizer = copy.deepcopy(policies[0].normalizer)
+        layers = [[m for m in p.mean_net if isinstance(m, nn.Linear)] for p in policies]
+        n_layers = len(layers[0])
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.stack([ls[i].weight.detach().T for ls in layers])) for i in range(n_layers)]
+        )
+        self.biases = nn.ParameterList(
+            [nn.Parameter(torch.stack([ls[i].bias.detach()[None] for ls in layers])) for i in range(n_layers)]
+        )
+        self.log_std = nn.Parameter(torch.stack([p.log_std.detach()[None] for p in policies]))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalizer(obs)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < len(self.weights) - 1:
+                x = torch.tanh(x)
+        log_std = torch.clamp(self.log_std, LOG_STD_MIN, LOG_STD_MAX).expand_as(x)
+        return x, log_std
+
+    def log_prob(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self(obs)
+        return gaussian_log_prob(mean, log_std, act)
+
+    @torch.no_grad()
+    def sample(self, obs: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Actions and log-probabilities for raw observations shaped (T, n, d) (CPU)."""
+        mean, log_std = self(torch.as_tensor(obs, dtype=torch.float32))
+        act = mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype) * log_std.exp()
+        return act.numpy(), gaussian_log_prob(mean, log_std, act).numpy()
+
+    @torch.no_grad()
+    def unstack(self, template: GaussianPolicy) -> list[GaussianPolicy]:
+        """One `GaussianPolicy` per task (copies of `template` with the stacked parameters)."""
+        out = []
+        for t in range(self.log_std.shape[0]):
+            pol = copy.deepcopy(template)
+            linears = [m for m in pol.mean_net if isinstance(m, nn.Linear)]
+            for lin, w, b in zip(linears, self.weights, self.biases):
+                lin.weight.copy_(w[t].T)
+                lin.bias.copy_(b[t, 0])
+            pol.log_std.copy_(self.log_std[t, 0])
+            out.append(pol)
+        return out

@@ -24,7 +24,7 @@ class Step:
     cost: np.ndarray  # (E, p)
     terminated: np.ndarray  # (E,) bool
     truncated: np.ndarray  # (E,) bool (time limit `horizon` or the env's own)
-    final_obs: np.ndarray  # (E, d) true last observation where the episode ended
+    final_obs: dict[int, np.ndarray]  # env -> true last observation, where the episode ended
 
 
 def cost_vector(info: dict, num_costs: int) -> np.ndarray:
@@ -73,9 +73,13 @@ class BatchEnv:
     def step(self, actions: np.ndarray) -> Step:
         n, p = len(self.envs), self.num_costs
         out = Step(
-            stepped=self.active.copy(), obs=np.zeros((n, self.obs_dim), np.float32),
-            reward=np.zeros(n), cost=np.zeros((n, p)), terminated=np.zeros(n, bool),
-            truncated=np.zeros(n, bool), final_obs=np.zeros((n, self.obs_dim), np.float32),
+            stepped=self.active.copy(),
+            obs=np.zeros((n, self.obs_dim), np.float32),
+            reward=np.zeros(n),
+            cost=np.zeros((n, p)),
+            terminated=np.zeros(n, bool),
+            truncated=np.zeros(n, bool),
+            final_obs={},
         )
         clipped = np.clip(actions, self.act_low, self.act_high)
         for e in np.flatnonzero(self.active):

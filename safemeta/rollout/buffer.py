@@ -20,8 +20,13 @@ def discount_cumsum(x: np.ndarray, discount: float) -> np.ndarray:
 
 
 def gae(
-    reward: np.ndarray, value: np.ndarray, next_value: np.ndarray, terminated: np.ndarray,
-    done: np.ndarray, gamma: float, lam: float,
+    reward: np.ndarray,
+    value: np.ndarray,
+    next_value: np.ndarray,
+    terminated: np.ndarray,
+    done: np.ndarray,
+    gamma: float,
+    lam: float,
 ) -> np.ndarray:
     """GAE(γ, λ) over flat transitions; `reward`, `value`, `next_value` are (n,) or (n, k).
 
@@ -87,11 +92,19 @@ class Rollout:
         trunc_before = int(self.truncated[: s.start].sum())
         n_trunc = int(self.truncated[s].sum())
         return Rollout(
-            obs=self.obs[s], act=self.act[s], logp=self.logp[s], reward=self.reward[s],
-            cost=self.cost[s], t=self.t[s], terminated=self.terminated[s],
-            truncated=self.truncated[s], final_obs=self.final_obs[trunc_before : trunc_before + n_trunc],
-            slices=[slice(0, s.stop - s.start)], ep_return=[self.ep_return[i]],
-            ep_cost=[self.ep_cost[i]], ep_disc_cost=[self.ep_disc_cost[i]],
+            obs=self.obs[s],
+            act=self.act[s],
+            logp=self.logp[s],
+            reward=self.reward[s],
+            cost=self.cost[s],
+            t=self.t[s],
+            terminated=self.terminated[s],
+            truncated=self.truncated[s],
+            final_obs=self.final_obs[trunc_before : trunc_before + n_trunc],
+            slices=[slice(0, s.stop - s.start)],
+            ep_return=[self.ep_return[i]],
+            ep_cost=[self.ep_cost[i]],
+            ep_disc_cost=[self.ep_disc_cost[i]],
             ep_length=[self.ep_length[i]],
         )
 

@@ -138,14 +138,18 @@ class NavEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 def make_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:
-    """An offscreen renderer. MuJoCo picks its GL backend (MUJOCO_GL) when imported and
-    defaults to GLFW, which needs a display; headless and with MUJOCO_GL unset, use EGL,
-    then OSMesa, for this renderer only."""
-    if os.environ.get("DISPLAY") or os.environ.get("MUJOCO_GL"):
+    """An offscreen renderer. MuJoCo fixes its default GL backend when imported (GLFW,
+    which needs a display, unless MUJOCO_GL was set then). Use the backend MUJOCO_GL
+    names now (another part of the process may have set it later), else EGL, then
+    OSMesa, for this renderer only."""
+    requested = os.environ.get("MUJOCO_GL", "").lower()
+    if os.environ.get("DISPLAY") and not requested:
         return mujoco.Renderer(model, height, width)
     gl = sys.modules[mujoco.Renderer.__module__].gl_context
+    backends = [requested] if requested in ("egl", "osmesa", "glfw") else []
+    backends += [b for b in ("egl", "osmesa") if b not in backends]
     errors = []
-    for backend in ("egl", "osmesa"):
+    for backend in backends:
         saved = gl.GLContext
         try:
             gl.GLContext = importlib.import_module(f"mujoco.{backend}").GLContext
