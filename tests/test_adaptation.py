@@ -1,0 +1,319 @@
+"""Safe adaptation step (SPEC §2.2, §2.4): sample dual vs the exact dual, projection vs
+the closed-form tilted Gaussian, verification and back-off."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import brentq, minimize
+from scipy.special import logsumexp
+
+from safemeta.core.adaptation import AdaptSettings, Advantages, adapt_step, project, surrogate_cost, verify
+from safemeta.core.dual import DualProblem, solve_dual
+from safemeta.nn.policy import GaussianPolicy
+from safemeta.rollout.buffer import Rollout
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> object:
+    """Small MLPs: one torch thread is fastest (and 2 threads on 2 busy cores thrash)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- the sample dual on a one-state, many-action problem --------------------------------
+K = 6
+PROBS = np.array([3, 5, 2, 4, 1, 5]) / 20  # multiples of 1/20: a sample of 20 reproduces π_k exactly
+ADV = np.array([1.0, -0.5, 2.0, 0.3, 1.5, -1.0])
+COST_ADV = np.array([[0.8, -0.2], [-0.5, 0.1], [1.2, 0.9], [0.0, -0.3], [0.6, 1.0], [-0.9, -0.4]])
+LAM, KAPPA = 0.7, 4.0
+
+
+def exact_policy(mu: np.ndarray, lam_c: np.ndarray, cost_adv: np.ndarray) -> tuple[np.ndarray, float]:
+    """π_μ(a) ∝ π_k(a) exp(B_μ(a)/η_μ) over the K actions (SPEC §2.1), and KL(π_μ‖π_k)."""
+    eta = LAM + lam_c @ mu
+    logits = np.log(PROBS) + (ADV - KAPPA * cost_adv @ mu) / eta
+    pi = np.exp(logits - logsumexp(logits))
+    return pi, float(pi @ np.log(pi / PROBS))
+
+
+def exact_g(
+    mu: np.ndarray, lam_c: np.ndarray, cost_adv: np.ndarray, jc: np.ndarray, d: np.ndarray
+) -> np.ndarray:
+    pi, kl = exact_policy(mu, lam_c, cost_adv)
+    return jc + KAPPA * pi @ cost_adv + lam_c * kl - d
+
+
+def replicated(cost_adv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    counts = np.round(PROBS * 20).astype(int)
+    idx = np.repeat(np.arange(K), counts)
+    return idx, ADV[idx], cost_adv[idx]
+
+
+def test_dual_one_constraint_matches_exact_root() -> None:
+    ca = COST_ADV[:, :1]
+    jc, d, lam_c = np.array([1.0]), np.array([0.8]), np.array([0.5])
+    assert exact_g(np.zeros(1), lam_c, ca, jc, d)[0] > 0  # the unconstrained tilt is infeasible
+    mu_star = brentq(lambda m: exact_g(np.array([m]), lam_c, ca, jc, d)[0], 0, 1e3, xtol=1e-14)
+    idx, adv, cadv = replicated(ca)
+    sol = solve_dual(DualProblem(adv, cadv, jc, d, LAM, lam_c, np.zeros(1), KAPPA))
+    assert sol.mu[0] == pytest.approx(mu_star, rel=1e-7)
+    assert sol.u[0] == pytest.approx(KAPPA * mu_star, rel=1e-7)  # the slides' u
+    assert sol.eta == pytest.approx(LAM + 0.5 * mu_star, rel=1e-7)
+    pi, kl = exact_policy(sol.mu, lam_c, ca)
+    np.testing.assert_allclose(np.bincount(idx, weights=sol.weights, minlength=K), pi, atol=1e-9)
+    assert sol.kl == pytest.approx(kl, rel=1e-7)
+    assert sol.surrogate[0] == pytest.approx(d[0], abs=1e-8)  # the constraint is active
+    assert not sol.infeasible
+
+
+def test_dual_zero_multiplier_when_feasible() -> None:
+    ca = COST_ADV[:, :1]
+    jc, d, lam_c = np.array([0.0]), np.array([5.0]), np.array([0.5])
+    _, adv, cadv = replicated(ca)
+    sol = solve_dual(DualProblem(adv, cadv, jc, d, LAM, lam_c, np.zeros(1), KAPPA))
+    assert sol.mu[0] == 0.0 and sol.eta == LAM
+    pi, _ = exact_policy(np.zeros(1), lam_c, ca)  # π ∝ π_k exp(A/λ)
+    assert sol.surrogate[0] < d[0]
+
+
+def test_dual_two_constraints_matches_exact_convex_dual() -> None:
+    jc, d, lam_c = np.array([1.0, 0.4]), np.array([0.6, 0.2]), np.array([0.5, 0.3])
+
+    def exact_dual(mu: np.ndarray) -> float:  # D(μ) of SPEC §2.2 with exact expectations
+        eta = LAM + lam_c @ mu
+        return eta * logsumexp(np.log(PROBS) + (ADV - KAPPA * COST_ADV @ mu) / eta) - mu @ (jc - d)
+
+    ref = minimize(
+        exact_dual,
+        np.ones(2),
+        method="Nelder-Mead",
+        options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 20000},
+    )
+    mu_ref = np.maximum(ref.x, 0)
+    _, adv, cadv = replicated(COST_ADV)
+    sol = solve_dual(DualProblem(adv, cadv, jc, d, LAM, lam_c, np.zeros(2), KAPPA))
+    np.testing.assert_allclose(sol.mu, mu_ref, atol=1e-5)
+    g = exact_g(sol.mu, lam_c, COST_ADV, jc, d)  # KKT: g ≤ 0, μ_i g_i = 0
+    assert np.all(g <= 1e-6) and np.all(np.abs(sol.mu * g) <= 1e-6)
+    assert np.all(sol.mu > 0)  # both constraints bind in this instance
+
+
+def test_dual_on_a_random_sample_and_in_milliseconds() -> None:
+    ca = COST_ADV[:, :1]
+    jc, d, lam_c = np.array([1.0]), np.array([0.8]), np.array([0.5])
+    mu_star = brentq(lambda m: exact_g(np.array([m]), lam_c, ca, jc, d)[0], 0, 1e3, xtol=1e-14)
+    idx = np.random.default_rng(0).choice(K, size=200_000, p=PROBS)
+    sol = solve_dual(DualProblem(ADV[idx], ca[idx], jc, d, LAM, lam_c, np.zeros(1), KAPPA))
+    assert sol.mu[0] == pytest.approx(mu_star, rel=0.03)
+    t0 = time.perf_counter()
+    small = solve_dual(DualProblem(ADV[idx[:8000]], ca[idx[:8000]], jc, d, LAM, lam_c, np.zeros(1), KAPPA))
+    elapsed = time.perf_counter() - t0
+    assert small.mu[0] == pytest.approx(mu_star, rel=0.15)
+    assert elapsed < 0.25  # a paper-sized task sample (8k): about ten milliseconds
+
+
+def test_dual_rejects_nonpositive_lambda() -> None:
+    with pytest.raises(ValueError, match="lam"):
+        DualProblem(ADV, COST_ADV[:, :1], np.ones(1), np.ones(1), 0.0, np.ones(1), np.zeros(1), 1.0)
+
+
+# ---- projection onto the Gaussian class (SPEC §2.4 step 3) ------------------------------
+def bandit_policy(log_std: float, seed: int = 0) -> GaussianPolicy:
+    torch.manual_seed(seed)
+    return GaussianPolicy(1, 1, hidden=[8], init_log_std=log_std)
+
+
+def test_projection_recovers_tilted_gaussian() -> None:
+    """π_k = N(m0, s0²), B(a) = −k(a − c)²: π* ∝ π_k exp(B/η) is N(m*, v*) with
+    1/v* = 1/s0² + 2k/η and m* = v*(m0/s0² + 2kc/η); the projection must recover it."""
+    policy = bandit_policy(np.log(0.8))
+    obs = torch.zeros(20_000, 1)
+    with torch.no_grad():
+        mean_k, log_std_k = policy(obs[:1])
+    m0, s0 = float(mean_k), float(log_std_k.exp())
+    k, c, eta = 0.6, 0.7, 1.5
+    v_star = 1.0 / (1 / s0**2 + 2 * k / eta)
+    m_star = v_star * (m0 / s0**2 + 2 * k * c / eta)
+    gen = torch.Generator().manual_seed(1)
+    act = m0 + s0 * torch.randn(20_000, 1, generator=gen)
+    with torch.no_grad():
+        logp_k = policy.log_prob(obs, act)
+    b = -k * (act[:, 0] - c) ** 2
+    st = AdaptSettings(proj_epochs=250, proj_minibatches=1, proj_lr=0.01)
+    new = project(policy, obs, act, logp_k, b, eta, st, np.random.default_rng(0))
+    with torch.no_grad():
+        mean, log_std = new(obs[:1])
+    assert float(mean) == pytest.approx(m_star, abs=0.02)
+    assert float(log_std.exp()) == pytest.approx(np.sqrt(v_star), rel=0.03)
+    assert abs(m_star - m0) > 0.1 and abs(np.sqrt(v_star) - s0) > 0.1  # a real move was recovered
+
+
+# ---- verification and back-off (SPEC §2.4 step 4) ---------------------------------------
+def shifted(policy: GaussianPolicy, shift: float) -> GaussianPolicy:
+    new = copy.deepcopy(policy)
+    with torch.no_grad():
+        new.mean_net[-1].bias.add_(shift)
+    return new
+
+
+def cost_setup(
+    n: int = 20_000,
+) -> tuple[GaussianPolicy, torch.Tensor, torch.Tensor, torch.Tensor, Advantages]:
+    """π_k = N(m0, 0.5²); cost advantage A_c(a) = a − m0 (cost grows with the action)."""
+    policy = bandit_policy(np.log(0.5))
+    obs = torch.zeros(n, 1)
+    with torch.no_grad():
+        m0 = float(policy(obs[:1])[0])
+    act = m0 + 0.5 * torch.randn(n, 1, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logp_k = policy.log_prob(obs, act)
+    cadv = act.numpy().astype(np.float64) - m0
+    adv = Advantages(
+        adv=cadv[:, 0].copy(), cost_adv=cadv - cadv.mean(0), cost_value=np.array([1.0]), kappa=2.0
+    )
+    return policy, obs, act, logp_k, adv
+
+
+def test_verification_backs_off_a_violating_step() -> None:
+    policy, obs, act, logp_k, a = cost_setup()
+    st = AdaptSettings(max_backoffs=10, verify_recovery=False)
+    lam_c, bound = np.array([1.0]), np.array([1.3])
+    bad = shifted(policy, 0.4)  # surrogate ≈ 1 + 2·0.4 + 0.32 = 2.12 > 1.3
+    sur_bad, _ = surrogate_cost(bad, policy, obs, act, logp_k, a, lam_c)
+    assert sur_bad[0] > bound[0]
+    theta_k, theta = policy.flat_params(), bad.flat_params()
+    out, sur, kl, backoffs, ok = verify(copy.deepcopy(bad), policy, obs, act, logp_k, a, st, lam_c, bound)
+    assert ok and backoffs >= 1 and sur[0] <= bound[0]
+    np.testing.assert_allclose(
+        out.flat_params().detach(), theta_k + 0.5**backoffs * (theta - theta_k), atol=1e-6
+    )
+    # independent check: the accepted policy's mean shift s gives 1 + 2s + s²/(2·0.25)
+    s = 0.4 * 0.5**backoffs
+    assert sur[0] == pytest.approx(1 + 2 * s + s**2 / 0.5, abs=0.02)
+    # the previous halving violated (so the back-off stopped at the first step that holds)
+    s_prev = 0.4 * 0.5 ** (backoffs - 1)
+    assert 1 + 2 * s_prev + s_prev**2 / 0.5 > bound[0] - 0.02
+
+
+def test_verification_rejects_when_nothing_holds() -> None:
+    policy, obs, act, logp_k, a = cost_setup()
+    st = AdaptSettings(max_backoffs=4, verify_recovery=False)
+    out, sur, kl, backoffs, ok = verify(
+        shifted(policy, 0.4), policy, obs, act, logp_k, a, st, np.array([1.0]), np.array([0.9])
+    )  # π_k itself is infeasible
+    assert not ok and out is policy and backoffs == 5 and kl == 0.0
+    assert sur[0] == pytest.approx(1.0, abs=1e-6)  # π_k's own surrogate: Ĵ_c
+
+
+def test_verification_recovery_accepts_only_cost_lowering_steps() -> None:
+    policy, obs, act, logp_k, a = cost_setup()
+    st = AdaptSettings(max_backoffs=4, verify_recovery=True)
+    bound = np.array([0.9])  # π_k infeasible (Ĵ_c = 1)
+    _, _, _, _, ok_up = verify(shifted(policy, 0.4), policy, obs, act, logp_k, a, st, np.array([1.0]), bound)
+    out, sur, _, _, ok_down = verify(
+        shifted(policy, -0.2), policy, obs, act, logp_k, a, st, np.array([1.0]), bound
+    )
+    assert not ok_up and ok_down and sur[0] < 1.0
+
+
+def one_task_rollout(policy: GaussianPolicy, n: int = 4000, horizon: int = 10) -> Rollout:
+    """A bandit-like rollout: obs 0, reward −(a − 0.6)², cost a² per step."""
+    obs = np.zeros((n, 1), np.float32)
+    act, logp = policy.sample(obs, torch.Generator().manual_seed(5))
+    t = np.tile(np.arange(horizon), n // horizon)
+    trunc = t == horizon - 1
+    cost = act.astype(np.float64) ** 2
+    ep = cost.reshape(-1, horizon).sum(1, keepdims=True)
+    return Rollout(
+        obs=obs,
+        act=act,
+        logp=logp,
+        reward=-((act[:, 0] - 0.6) ** 2),
+        cost=cost,
+        t=t,
+        terminated=np.zeros(n, bool),
+        truncated=trunc,
+        final_obs=np.zeros((trunc.sum(), 1), np.float32),
+        slices=[slice(0, n)],
+        ep_return=[np.zeros(n // horizon)],
+        ep_cost=[ep],
+        ep_disc_cost=[ep],
+        ep_length=[np.full(n // horizon, horizon)],
+    )
+
+
+class ZeroCritic:
+    def predict(self, obs: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return np.zeros((len(obs), 2))
+
+
+def test_adapt_step_never_returns_an_unverified_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A projection that overshoots far past the constraint is backed off or rejected."""
+    import safemeta.core.adaptation as adaptation
+
+    policy = bandit_policy(np.log(0.5))
+    roll = one_task_rollout(policy)
+    jc = float(roll.ep_cost[0].mean())
+    monkeypatch.setattr(
+        adaptation, "project_batch", lambda pks, *args, **kw: [shifted(pk, 2.0) for pk in pks]
+    )
+    st = AdaptSettings(lam=1.0, lam_c=1.0, max_backoffs=3, verify_recovery=False, normalize_adv=False)
+    limit = np.array([jc + 0.05])
+    res = adapt_step(policy, roll, ZeroCritic(), limit, st, np.random.default_rng(0))
+    obs, act = torch.as_tensor(roll.obs), torch.as_tensor(roll.act)
+    with torch.no_grad():
+        logp_k = policy.log_prob(obs, act)
+    a = adaptation.task_advantages(roll, ZeroCritic(), policy, st)
+    sur, _ = surrogate_cost(res.policy, policy, obs, act, logp_k, a, np.array([1.0]))
+    assert sur[0] <= limit[0] + 1e-9
+    assert res.backoffs == 4 and not res.accepted and res.policy is policy  # 2.0·2⁻³ still violates
+    st.max_backoffs = 12
+    res = adapt_step(policy, roll, ZeroCritic(), limit, st, np.random.default_rng(0))
+    sur, _ = surrogate_cost(res.policy, policy, obs, act, logp_k, a, np.array([1.0]))
+    assert res.accepted and res.backoffs > 3 and sur[0] <= limit[0]
+    assert sur[0] == pytest.approx(res.surrogate[0])
+
+
+def test_adapt_step_improves_reward_surrogate_and_logs() -> None:
+    policy = bandit_policy(np.log(0.5))
+    roll = one_task_rollout(policy)
+    st = AdaptSettings(lam=1.0, lam_c=1.0, normalize_adv=False, proj_epochs=30)
+    limit = np.array([float(roll.ep_cost[0].mean()) + 0.5])
+    res = adapt_step(policy, roll, ZeroCritic(), limit, st, np.random.default_rng(0))
+    assert res.accepted and res.kl > 0 and res.dual.eta >= 1.0 and res.surrogate[0] <= limit[0]
+    with torch.no_grad():
+        m_new, m_old = float(res.policy(torch.zeros(1, 1))[0]), float(policy(torch.zeros(1, 1))[0])
+    assert abs(m_new - 0.6) < abs(m_old - 0.6)  # moved toward the reward optimum 0.6
+    assert set(res.times) == {"t_adv", "t_dual", "t_projection"}
+
+
+def test_verification_kl_cap_backs_off_far_steps() -> None:
+    policy, obs, act, logp_k, a = cost_setup()
+    loose = np.array([100.0])  # the cost constraint holds for every step
+    far = shifted(policy, 0.4)  # KL = 0.4² / (2·0.5²) = 0.32
+    st = AdaptSettings(verify_max_kl=0.1)
+    _, _, kl, backoffs, ok = verify(
+        copy.deepcopy(far), policy, obs, act, logp_k, a, st, np.array([1.0]), loose
+    )
+    assert ok and backoffs == 1 and kl == pytest.approx(0.08, abs=1e-3)  # 0.2²/0.5
+    st.verify_max_kl = 0.0
+    _, _, kl, backoffs, ok = verify(
+        copy.deepcopy(far), policy, obs, act, logp_k, a, st, np.array([1.0]), loose
+    )
+    assert ok and backoffs == 0 and kl == pytest.approx(0.32, abs=1e-3)
+
+
+def test_non_finite_sample_is_rejected() -> None:
+    policy = bandit_policy(np.log(0.5))
+    roll = one_task_rollout(policy)
+    roll.reward[3] = np.nan
+    st = AdaptSettings(normalize_adv=False)
+    res = adapt_step(policy, roll, ZeroCritic(), np.array([100.0]), st, np.random.default_rng(0))
+    assert not res.accepted and res.policy is policy

@@ -1,0 +1,261 @@
+"""Safe meta-training and meta-test (SPEC §2.6, §2.7): the Hessian-free meta-gradient vs
+finite differences, determinism, state round trip, metrics contract."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from safemeta.config import ConfigError, build
+from safemeta.core.meta import SafeMeta, SafeMetaConfig
+from safemeta.core.outer import flat_grad, ratio_surrogate
+from safemeta.experiment.algorithm import METRIC_COLUMNS
+from safemeta.nn.policy import GaussianPolicy
+from safemeta.rollout.toy import PointMassSuite
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> object:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- the Hessian-free meta-gradient on a Gaussian bandit task distribution ---------------
+GOALS = np.array([-0.4, 0.3, 0.9])  # task τ: reward r_τ(a) = −(a − c_τ)²
+K_TILT, ETA = 0.8, 1.3  # adaptation advantage held fixed: B_τ(a) = −k(a − c_τ)², η fixed
+
+
+def adapted(m: float, log_s: float, c: float) -> tuple[float, float]:
+    """π_τ ∝ N(m, s²)·exp(B_τ/η) = N(m_τ, v_τ): 1/v_τ = 1/s² + 2k/η, m_τ = v_τ(m/s² + 2kc/η)."""
+    s2 = np.exp(2 * log_s)
+    v = 1.0 / (1.0 / s2 + 2 * K_TILT / ETA)
+    return v * (m / s2 + 2 * K_TILT * c / ETA), v
+
+
+def adapted_return(m: float, log_s: float) -> float:
+    """E_τ[J_τ(π_τ)] = E_τ[−((m_τ − c_τ)² + v_τ)], exact."""
+    out = []
+    for c in GOALS:
+        mt, v = adapted(m, log_s, c)
+        out.append(-((mt - c) ** 2 + v))
+    return float(np.mean(out))
+
+
+def test_meta_gradient_matches_finite_differences() -> None:
+    torch.manual_seed(0)
+    policy = GaussianPolicy(1, 1, hidden=[8], init_log_std=np.log(0.7))
+    with torch.no_grad():
+        m = float(policy(torch.zeros(1, 1))[0])
+    log_s = float(policy.log_std.detach())
+    h = 1e-5
+    fd_m = (adapted_return(m + h, log_s) - adapted_return(m - h, log_s)) / (2 * h)
+    fd_s = (adapted_return(m, log_s + h) - adapted_return(m, log_s - h)) / (2 * h)
+    # post-adaptation data: a ~ π_τ, A^{π_τ}(a) = r_τ(a) − J_τ(π_τ), per task
+    n, gen = 40_000, np.random.default_rng(0)
+    acts, advs = [], []
+    for c in GOALS:
+        mt, v = adapted(m, log_s, c)
+        a = gen.normal(mt, np.sqrt(v), n)
+        acts.append(a)
+        advs.append(-((a - c) ** 2) + ((mt - c) ** 2 + v))
+    act = torch.as_tensor(np.concatenate(acts), dtype=torch.float32)[:, None]
+    adv = torch.as_tensor(np.concatenate(advs), dtype=torch.float32)
+    obs = torch.zeros(len(act), 1)
+    with torch.no_grad():
+        logp_old = policy.log_prob(obs, act)
+    params = list(policy.parameters())
+    g = flat_grad(ratio_surrogate(obs, act, logp_old, adv)(policy), params)  # one backward pass
+
+    def offset(param: torch.Tensor) -> int:
+        return sum(p.numel() for p in params[: [id(p) for p in params].index(id(param))])
+
+    # mean = (...) + last-layer bias, so d/d bias = d/dm; and d/d log_std
+    g_m, g_s = float(g[offset(policy.mean_net[-1].bias)]), float(g[offset(policy.log_std)])
+    # per-sample terms of the estimator, for its standard error
+    s2 = np.exp(2 * log_s)
+    a_np, adv_np = act[:, 0].double().numpy(), adv.double().numpy()
+    terms_m = adv_np * (a_np - m) / s2
+    terms_s = adv_np * ((a_np - m) ** 2 / s2 - 1)
+    se_m, se_s = terms_m.std() / np.sqrt(len(a_np)), terms_s.std() / np.sqrt(len(a_np))
+    assert g_m == pytest.approx(terms_m.mean(), rel=1e-3)  # autograd = the closed-form score
+    assert abs(g_m - fd_m) < 4 * se_m and abs(fd_m) > 10 * se_m
+    assert abs(g_s - fd_s) < 4 * se_s and abs(fd_s) > 10 * se_s
+
+
+# ---- the algorithm on the toy suite ---------------------------------------------------------
+def make_algo(seed: int = 0, **over: object) -> SafeMeta:
+    suite = PointMassSuite(horizon=8, cost_limit=0.6)
+    cfg = build(
+        SafeMetaConfig,
+        dict(
+            seed=seed,
+            meta_batch=3,
+            episodes_per_task=6,
+            val_tasks=2,
+            test_tasks=3,
+            eval_every=2,
+            eval_episodes=3,
+            proj_epochs=3,
+            hidden=[16],
+            max_kl=0.02,
+        ),
+        over,
+    )
+    rng = np.random.default_rng(7)
+    tasks = {"val": suite.sample_tasks(2, rng, "train"), "test": suite.sample_tasks(3, rng, "test")}
+    return SafeMeta(cfg, suite, tasks, np.random.SeedSequence(seed))
+
+
+def strip_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not (k.startswith("t_") or k == "time_s")} for r in rows]
+
+
+def test_two_runs_with_one_seed_are_identical() -> None:
+    runs = []
+    for _ in range(2):
+        algo = make_algo(seed=3)
+        rows = [algo.train_iteration(it) for it in range(3)]
+        rows += algo.meta_test(algo.tasks["test"], 2)
+        runs.append(strip_times(rows))
+    assert runs[0] == runs[1]
+    other = make_algo(seed=4)
+    assert strip_times([other.train_iteration(0)]) != runs[0][:1]
+
+
+@pytest.mark.parametrize("critic", ["linear", "mlp"])
+def test_state_dict_round_trip_continues_identically(critic: str) -> None:
+    a = make_algo(seed=5, critic=critic)
+    full = strip_times([a.train_iteration(it) for it in range(3)])
+    b = make_algo(seed=5, critic=critic)
+    first = strip_times([b.train_iteration(0)])
+    buf = io.BytesIO()
+    torch.save(b.state_dict(), buf)
+    buf.seek(0)
+    c = make_algo(seed=99, critic=critic)  # different seed: everything must come from the state
+    c.load_state_dict(torch.load(buf, weights_only=False))
+    rest = strip_times([c.train_iteration(it) for it in (1, 2)])
+    assert first + rest == full
+
+
+def test_metric_rows_contract() -> None:
+    algo = make_algo(outer_step="first-order")
+    row = algo.train_iteration(0)  # 0 % eval_every == 0: validation tasks
+    for col in (
+        *METRIC_COLUMNS,
+        "u_mean",
+        "eta",
+        "kl",
+        "backoffs",
+        "pre_reward",
+        "pre_cost_max",
+        "n_violations",
+        "t_sampling",
+        "t_critic",
+        "t_dual",
+        "t_projection",
+        "t_outer",
+    ):
+        assert col in row, col
+    assert set(row) <= set(METRIC_COLUMNS) | set(SafeMeta.extra_columns)
+    assert row["phase"] == "meta_train" and row["step"] == 1 and row["eval_source"] == "val"
+    assert row["cost_limit"] == 0.6 and 0 <= row["violation_rate"] <= 1
+    assert algo.train_iteration(1)["eval_source"] == "post"
+    rows = algo.meta_test(algo.tasks["test"], 2)
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["phase"] == "meta_test" for r in rows)
+    assert all(r["cost_max"] >= r["cost_mean"] for r in rows)
+    assert rows[0]["time_s"] == 0.0 and rows[2]["time_s"] >= rows[1]["time_s"] > 0
+    assert algo.finite()
+
+
+def test_cost_step_when_meta_policy_violates() -> None:
+    """CRPO switching: π_φ over the limit on some task → the outer step lowers the cost."""
+    algo = make_algo(seed=1, init_log_std=0.5)  # wide Gaussian: Σa² far above the limit
+    rows = [algo.train_iteration(it) for it in range(4)]
+    assert rows[0]["n_violations"] > 0 and rows[0]["outer_cost_step"] == 1.0
+    assert rows[-1]["pre_cost_mean"] < rows[0]["pre_cost_mean"]
+
+
+def test_theory_hyperparameters_and_presets() -> None:
+    from safemeta.tabular.theory import theory_params
+
+    algo = make_algo(hyper="theory", theory_alpha=2.0, theory_a_max=1.5, theory_a_c_max=0.5, gamma=0.9)
+    th = theory_params(2.0, 1.5, np.array([0.5]), 0.0, 0.9, None)
+    assert algo.settings.lam == pytest.approx(th.lam)
+    np.testing.assert_allclose(algo.settings.lam_c, th.lam_c)
+    np.testing.assert_allclose(algo.settings.delta, 0.0)  # ε at its maximum: δ = 0
+    assert make_algo().settings.lam_c[0] == pytest.approx(6.0)  # λ_c defaults to 10·d
+    assert make_algo(lam_c_scale=2.0).settings.lam_c[0] == pytest.approx(1.2)
+    assert make_algo(lam_c=0.5).settings.lam_c[0] == 0.5
+    with pytest.raises(ConfigError, match="outer_step"):
+        build(SafeMetaConfig, {"outer_step": "sgd"})
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device"):
+            make_algo(device="cuda")
+    for suite_id in ("halfcheetah-vel", "point-circle", "humanoid-dir"):
+        p = SafeMeta.presets(suite_id)
+        build(SafeMetaConfig, p["quick"])
+        paper = build(SafeMetaConfig, p["paper"])
+        assert paper.meta_batch == 10 and paper.test_tasks == 20 and paper.test_steps == 20
+        assert paper.horizon == 0  # the suite's default horizon (its cost limit is quoted for it)
+        assert paper.episodes_per_task == (10 if suite_id == "point-circle" else 40)
+
+
+@pytest.mark.slow
+def test_post_adaptation_reward_rises_on_toy_suite() -> None:
+    algo = make_algo(seed=0, meta_batch=6, episodes_per_task=20, proj_epochs=10, eval_every=1000)
+    rows = [algo.train_iteration(it) for it in range(1, 41)]
+    early = np.mean([r["reward_mean"] for r in rows[:5]])
+    late = np.mean([r["reward_mean"] for r in rows[-5:]])
+    assert late > early + 0.5
+
+
+def test_rejected_steps_never_collect_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A projection far past the constraint with no back-off allowed is rejected: the
+    post-adaptation rollouts are collected by π_φ itself, never by the unverified policy."""
+    import copy
+
+    import safemeta.core.adaptation as adaptation
+
+    def overshoot(pks: list[GaussianPolicy], *args: object, **kw: object) -> list[GaussianPolicy]:
+        out = [copy.deepcopy(pk) for pk in pks]
+        for pol in out:
+            with torch.no_grad():
+                pol.mean_net[-1].bias.add_(3.0)  # Σa² far over the limit
+        return out
+
+    settings = dict(max_backoffs=0, verify_recovery=False, eval_every=100, init_log_std=-2.0)
+    control = make_algo(**settings)  # π_φ feasible (Σa² ≈ 0.15 < 0.6): real steps pass
+    assert control.train_iteration(1)["accept_rate"] > 0
+    monkeypatch.setattr(adaptation, "project_batch", overshoot)
+    algo = make_algo(**settings)
+    calls: list[list[GaussianPolicy]] = []
+    collect = algo.sampler.collect
+    monkeypatch.setattr(
+        algo.sampler, "collect", lambda tasks, pols, *a: calls.append(list(pols)) or collect(tasks, pols, *a)
+    )
+    meta_policy = algo.policy
+    row = algo.train_iteration(1)
+    assert len(calls) == 2 and all(p is meta_policy for p in calls[1])  # post data: π_φ only
+    assert row["accept_rate"] == 0.0 and row["backoffs"] == 1.0
+
+
+def test_meta_test_counts_exploration_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC §2.7: the cost of π^t pools its evaluation and exploration episodes."""
+    algo = make_algo(seed=2, meta_batch=3)
+    rolls: list = []
+    collect = algo._collect
+    monkeypatch.setattr(algo, "_collect", lambda *a: rolls.append(collect(*a)) or rolls[-1])
+    rows = algo.meta_test(algo.tasks["test"], 1)
+    ev0, data0, ev1 = rolls  # evaluate π^0, explore with π^0 (then adapt), evaluate π^1
+    pooled = np.array([np.concatenate([ev0.ep_cost[i], data0.ep_cost[i]])[:, 0].mean() for i in range(3)])
+    assert rows[0]["cost_mean"] == pytest.approx(pooled.mean())
+    assert rows[0]["cost_max"] == pytest.approx(pooled.max())
+    assert rows[0]["violation_rate"] == pytest.approx(np.mean(pooled > 0.6))
+    assert rows[0]["reward_mean"] == pytest.approx(ev0.reward_return().mean())
+    assert rows[0]["explore_cost_max"] == pytest.approx(data0.cost_return("undiscounted")[:, 0].max())
+    assert rows[1]["cost_mean"] == pytest.approx(ev1.cost_return("undiscounted")[:, 0].mean())
