@@ -234,3 +234,28 @@ def test_checkpoint_holds_rng_state_and_torch_loads_it(tmp_path: Path, reference
     assert payload["algo"]["rng"]["bit_generator"] == "PCG64"
     assert payload["next_iteration"] == 8 and payload["metrics_rows"] == 8
     assert isinstance(torch.__version__, str)
+
+
+# ---------------------------------------------------------------- physics instability
+
+
+def test_mujoco_divergence_truncates_the_episode_with_a_flag() -> None:
+    """A diverging MuJoCo state (MuJoCo resets it and warns) or a non-finite observation
+    ends the episode as truncated, keeps the last good observation, and is counted."""
+    from safemeta.envs.registry import suite
+    from safemeta.rollout.batch import BatchEnv
+
+    s = suite("halfcheetah-vel")
+    tasks = s.sample_tasks(2, np.random.default_rng(0))
+    envs = [s.make(t) for t in tasks]
+    batch = BatchEnv(envs, horizon=50)
+    obs0 = batch.start(np.array([1, 1]), np.random.default_rng(0))
+    env = envs[0].unwrapped
+    env.data.qacc_warmstart[:] = 0
+    env.data.qvel[:] = 1e30  # blows up on the next step
+    step = batch.step(np.zeros((2, 6)))
+    assert step.unstable.tolist() == [True, False]
+    assert step.truncated[0] and not step.terminated[0] and batch.unstable == 1
+    np.testing.assert_array_equal(step.final_obs[0], obs0[0])
+    assert step.reward[0] == 0.0 and np.isfinite(step.obs).all()
+    assert not step.truncated[1] and batch.active.tolist() == [False, True]

@@ -157,6 +157,7 @@ class SafeMeta(Algorithm):
         "outer_kl",
         "eval_source",
         "explore_cost_max",
+        "unstable",
         "t_sampling",
         "t_critic",
         "t_dual",
@@ -430,6 +431,7 @@ class SafeMeta(Algorithm):
             "outer_accepted": outer["accepted"],
             "outer_kl": outer["kl"],
             "eval_source": "post",
+            "unstable": int(pre.extras.get("unstable", 0) + post.extras.get("unstable", 0)),
         }
         row.update(
             {k: times.get(k, 0.0) for k in ("t_sampling", "t_critic", "t_dual", "t_projection", "t_outer")}

@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gymnasium as gym
+import mujoco
 import numpy as np
+
+_BAD = (mujoco.mjtWarning.mjWARN_BADQACC, mujoco.mjtWarning.mjWARN_BADQVEL,
+        mujoco.mjtWarning.mjWARN_BADQPOS, mujoco.mjtWarning.mjWARN_BADCTRL)
 
 
 @dataclass
@@ -25,6 +29,7 @@ class Step:
     terminated: np.ndarray  # (E,) bool
     truncated: np.ndarray  # (E,) bool (time limit `horizon` or the env's own)
     final_obs: dict[int, np.ndarray]  # env -> true last observation, where the episode ended
+    unstable: np.ndarray  # (E,) bool: physics diverged; the episode was truncated here (SPEC §8)
 
 
 def cost_vector(info: dict, num_costs: int) -> np.ndarray:
@@ -52,6 +57,8 @@ class BatchEnv:
         self.t = np.zeros(n, np.int64)  # step index within the current episode
         self._obs = np.zeros((n, self.obs_dim), np.float32)
         self._rng = np.random.default_rng(0)
+        self.unstable = 0  # episodes truncated because the physics diverged
+        self._warnings = np.zeros(n, np.int64)  # MuJoCo divergence-warning counts seen so far
 
     def __len__(self) -> int:
         return len(self.envs)
@@ -68,6 +75,7 @@ class BatchEnv:
 
     def _reset(self, e: int) -> np.ndarray:
         obs, _ = self.envs[e].reset(seed=int(self._rng.integers(2**31 - 1)))
+        self._warnings[e] = _divergence_warnings(self.envs[e])
         return np.asarray(obs, np.float32).reshape(-1)
 
     def step(self, actions: np.ndarray) -> Step:
@@ -80,20 +88,32 @@ class BatchEnv:
             terminated=np.zeros(n, bool),
             truncated=np.zeros(n, bool),
             final_obs={},
+            unstable=np.zeros(n, bool),
         )
         clipped = np.clip(actions, self.act_low, self.act_high)
         for e in np.flatnonzero(self.active):
             obs, r, term, trunc, info = self.envs[e].step(clipped[e])
             self.t[e] += 1
-            out.reward[e], out.cost[e] = r, cost_vector(info, p)
+            cost = cost_vector(info, p)
+            obs = np.asarray(obs, np.float32).reshape(-1)
+            if self._diverged(e, obs, r, cost):
+                # MuJoCo instability: keep the last good observation, truncate, count.
+                self.unstable += 1
+                out.unstable[e] = True
+                obs, r, cost, term, trunc = self._obs[e].copy(), 0.0, np.zeros(p), False, True
+            out.reward[e], out.cost[e] = r, cost
             out.terminated[e] = term
             out.truncated[e] = (trunc or self.t[e] >= self.horizon) and not term
-            obs = np.asarray(obs, np.float32).reshape(-1)
             if term or out.truncated[e]:
                 out.final_obs[e] = obs
                 obs = self._end_episode(e, obs)
             self._obs[e] = out.obs[e] = obs
         return out
+
+    def _diverged(self, e: int, obs: np.ndarray, reward: float, cost: np.ndarray) -> bool:
+        seen, self._warnings[e] = self._warnings[e], _divergence_warnings(self.envs[e])
+        finite = np.isfinite(obs).all() and np.isfinite(reward) and np.isfinite(cost).all()
+        return not finite or self._warnings[e] > seen
 
     def _end_episode(self, e: int, obs: np.ndarray) -> np.ndarray:
         self.remaining[e] -= 1
@@ -106,3 +126,13 @@ class BatchEnv:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+def _divergence_warnings(env: gym.Env) -> int:
+    """MuJoCo's count of bad qpos/qvel/qacc/ctrl warnings: MuJoCo resets the state when
+    the simulation diverges, so the counters are how a divergence is seen."""
+    data = getattr(env.unwrapped, "data", None)
+    if data is None or not hasattr(data, "warning"):
+        return 0
+    return sum(int(data.warning[int(w)].number) for w in _BAD)
+

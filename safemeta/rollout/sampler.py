@@ -179,6 +179,7 @@ class Sampler:
             ep_cost=[],
             ep_disc_cost=[],
             ep_length=[],
+            extras={"unstable": int(sum(s.unstable.sum() for *_, s in steps))},
         )
         _episode_stats(roll, self.gamma)
         return roll

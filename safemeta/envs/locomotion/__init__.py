@@ -1,5 +1,6 @@
 """Locomotion task suites on Gymnasium's v5 MuJoCo models (SPEC §4.1)."""
 
+import safemeta.envs.mujoco_log  # noqa: F401  (MuJoCo warnings to logging)
 from safemeta.envs.locomotion.envs import (
     HalfCheetahVelEnv,
     HopperVelEnv,
