@@ -63,11 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("safemeta: interrupted\n")
         return 130
-    except Exception as e:  # noqa: BLE001 - RunError / CheckpointError: one line, exit 1
+    except OSError as e:  # disk full, read-only directory: one line, checkpoints intact
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"safemeta: error: {where}{e.strerror or e}; the last checkpoint written is intact\n")
+        return 1
+    except Exception as e:  # noqa: BLE001 - RunError / CheckpointError / MetricsError: one line
         from safemeta.experiment.checkpoint import CheckpointError
+        from safemeta.experiment.metrics import MetricsError
         from safemeta.experiment.runner import RunError
 
-        if isinstance(e, (RunError, CheckpointError)):
+        if isinstance(e, (RunError, CheckpointError, MetricsError)):
             sys.stderr.write(f"safemeta: error: {e}\n")
             return 1
         raise
@@ -87,7 +92,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from safemeta.experiment.runner import Run, RunSpec, resolve, resume_command
+    from safemeta.experiment.runner import Run, RunSpec, resolve
 
     overrides: dict[str, Any] = C.parse_overrides(args.sets)
     if args.seed is not None:
@@ -100,8 +105,7 @@ def _train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     done = Run(r).train(progress=not args.no_progress)
     if not done:
-        print(f"interrupted; resume with: {resume_command(r)}")
-        return 0
+        return 0  # interrupted: the run printed its resume command
     print(f"run complete in {time.perf_counter() - t0:.1f} s: {r.out}")
     print(f"report: {r.out / 'report' / 'report.md'}")
     return 0
@@ -129,7 +133,8 @@ def _demo(args: argparse.Namespace) -> int:
     r = resolve(spec)
     print(f"safemeta demo: meta-train and meta-test `safemeta` on {args.env} (quick preset)")
     t0 = time.perf_counter()
-    Run(r).train(progress=True)
+    if not Run(r).train(progress=True):
+        return 0  # interrupted: the run printed its resume command
     _print_table(r.out / "metrics.csv")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     print(f"report: {r.out / 'report' / 'report.md'} (figures next to it)")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,8 +52,9 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("fault", ["after_metrics:2", "after_metrics:4", "after_checkpoint:1",
-                                   "before_rename:2", "before_rename:3", "meta_test_row:2"])
+@pytest.mark.parametrize("fault", ["before_rename.yaml:1", "before_rename.yaml:2", "before_rename.json:1",
+                                   "after_metrics:2", "after_metrics:4", "after_checkpoint:1",
+                                   "before_rename.pt:2", "before_rename.pt:3", "meta_test_row:2"])
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, reference: Path, fault: str) -> None:
     out = tmp_path / "run"
     res = cli(out, fault=fault)
@@ -64,6 +64,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, reference: Path
     assert comparable(out) == comparable(reference)
     np.testing.assert_array_equal(final_params(out), final_params(reference))
     assert not list((out / "checkpoints").glob(".*.tmp"))
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_sigterm_checkpoints_exits_0_and_resumes_exactly(tmp_path: Path) -> None:
@@ -135,9 +136,50 @@ def test_non_finite_iteration_is_rejected_and_training_continues(tmp_path: Path)
     rows = [x for x in read_rows(r.out / "metrics.csv") if x["phase"] == "meta_train"]
     assert [x["iteration"] for x in rows] == [0, 1, 2, 4, 5, 6, 7]
     assert all(np.isfinite(x["reward_mean"]) for x in rows)
-    assert any("iteration 3 rejected: non-finite reward_mean" in m for m in logs)
+    assert any("iteration 3 rejected: non-finite or failed step (reward_mean)" in m for m in logs)
     assert np.all(np.isfinite(final_params(r.out)))
     assert checkpoint.read(checkpoint.list_checkpoints(r.out / "checkpoints")[-1])["rejected"] == 1
+
+
+def test_nan_in_the_advantages_is_rejected_and_the_run_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """NaN advantages reach the exact dual, which refuses them; the iteration is rejected,
+    logged, and training continues from the last good state."""
+    import safemeta.tabular.meta as tm
+
+    real_problem, calls = tm.make_problem, {"n": 0}
+
+    def poisoned(f, adv, *rest):
+        calls["n"] += 1
+        if calls["n"] == 5:  # one adaptation step inside iteration 2
+            adv = adv * np.nan
+        return real_problem(f, adv, *rest)
+
+    monkeypatch.setattr(tm, "make_problem", poisoned)
+    r = resolve(RunSpec(env="tabular-grid", overrides=SETS, out=str(tmp_path / "run")))
+    logs: list[str] = []
+    assert Run(r, log=logs.append).train(progress=False)
+    rejected = [m for m in logs if "rejected" in m]
+    assert len(rejected) == 1 and "ValueError: adv: contains NaN or inf" in rejected[0]
+    rows = [x for x in read_rows(r.out / "metrics.csv") if x["phase"] == "meta_train"]
+    assert len(rows) == 7 and all(np.isfinite(x["reward_mean"]) for x in rows)
+    assert "rejected" in (r.out / "events.log").read_text()
+
+
+def test_repeated_failures_stop_with_one_line_and_a_good_checkpoint(tmp_path: Path) -> None:
+    r = resolve(RunSpec(env="tabular-grid", overrides={**SETS, "iterations": 30}, out=str(tmp_path / "run")))
+    real = r.algo_cls.train_iteration
+
+    def broken_after_4(self, it: int):
+        if it >= 4:
+            raise FloatingPointError("overflow in the outer step")
+        return real(self, it)
+
+    r.algo_cls = type("Broken", (r.algo_cls,), {"train_iteration": broken_after_4})
+    with pytest.raises(RunError, match=r"^10 consecutive iterations rejected \(last: FloatingPointError"):
+        Run(r, log=lambda m: None).train(progress=False)
+    payload = checkpoint.read(checkpoint.list_checkpoints(r.out / "checkpoints")[-1])
+    assert payload["next_iteration"] == 13 and payload["metrics_rows"] == 4
+    assert np.all(np.isfinite(payload["algo"]["phi"]))
 
 
 def test_disk_full_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
@@ -173,7 +215,8 @@ def test_unwritable_run_directory_is_one_line_exit_1(tmp_path: Path, monkeypatch
 # ---------------------------------------------------------------- invalid input, property-based
 
 KEYS = ["seed", "iterations", "meta_batch", "val_tasks", "test_tasks", "test_steps", "lam", "lam_c",
-        "delta", "hyper", "lr", "meta_grad", "device", "meta_margin", "checkpoint_every"]
+        "delta", "hyper", "lr", "meta_grad", "device", "meta_margin", "checkpoint_every", "alpha",
+        "lr_cost", "init_logit_scale", "keep_checkpoints"]
 
 
 def bad_value(key: str) -> st.SearchStrategy[str]:
@@ -182,8 +225,8 @@ def bad_value(key: str) -> st.SearchStrategy[str]:
         return st.text(min_size=1, max_size=8).filter(
             lambda s: s.strip() not in ("explicit", "theory", "hessian_free", "full", "cpu") and "\n" not in s
             and "\x00" not in s)
-    if key in ("lam_c", "delta", "meta_margin", "seed", "test_steps"):
-        return st.sampled_from(["-1", "-0.5", "abc", "nan", "inf", "1e400"])
+    if key in ("lam_c", "delta", "meta_margin", "seed", "test_steps", "alpha", "init_logit_scale"):
+        return st.sampled_from(["-1", "-0.5", "abc", "nan", "inf", "1e400", "1e308"])
     return numeric_bad
 
 
@@ -191,8 +234,7 @@ def bad_value(key: str) -> st.SearchStrategy[str]:
 def bad_override(draw) -> str:
     if draw(st.booleans()):
         key = draw(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(
-            lambda k: k not in KEYS + ["alpha", "eval_every", "lr_cost", "init_logit_scale",
-                                       "keep_checkpoints"]))
+            lambda k: k not in KEYS + ["eval_every"]))
         return f"{key}=1"
     key = draw(st.sampled_from(KEYS))
     return f"{key}={draw(bad_value(key))}"
@@ -233,7 +275,61 @@ def test_checkpoint_holds_rng_state_and_torch_loads_it(tmp_path: Path, reference
     payload = checkpoint.read(checkpoint.list_checkpoints(reference / "checkpoints")[-1])
     assert payload["algo"]["rng"]["bit_generator"] == "PCG64"
     assert payload["next_iteration"] == 8 and payload["metrics_rows"] == 8
-    assert isinstance(torch.__version__, str)
+    state = np.random.default_rng()
+    state.bit_generator.state = payload["algo"]["rng"]
+    assert isinstance(state.random(), float)
+
+
+def test_metrics_shorter_than_the_checkpoint_is_an_error_not_a_silent_loss(tmp_path: Path,
+                                                                           reference: Path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "DONE").unlink()
+    lines = (out / "metrics.csv").read_text().splitlines(keepends=True)
+    (out / "metrics.csv").write_text("".join(lines[:3]))
+    res = cli(out, "--resume")
+    assert res.returncode == 1 and "holds 2 rows but the checkpoint covers 8" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "partial"])
+def test_damaged_config_yaml_is_named_in_one_line(tmp_path: Path, reference: Path, damage: str) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    path = out / "config.yaml"
+    text = {"truncate": path.read_text()[:150] + "\n  - [", "empty": "",
+            "partial": "env: tabular-grid\n"}[damage]
+    path.write_text(text)
+    for args in (["train", *ARGS, "--out", str(out), "--resume"], ["test", str(out)]):
+        res = subprocess.run([sys.executable, "-m", "safemeta", *args], capture_output=True, text=True)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and "config.yaml" in res.stderr
+
+
+def test_impossible_task_in_tasks_json_is_one_line(tmp_path: Path, reference: Path) -> None:
+    import json
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    data = json.loads((out / "tasks.json").read_text())
+    data["test"][0].update(goal_x=1, goal_y=2)  # a hazard cell
+    (out / "tasks.json").write_text(json.dumps(data))
+    res = subprocess.run([sys.executable, "-m", "safemeta", "test", str(out)], capture_output=True, text=True)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "tasks.json: goal_x, goal_y: (1, 2) is a hazard cell" in res.stderr
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "afile"
+    f.write_text("x")
+    res = cli(f)
+    assert res.returncode == 2 and "out: " in res.stderr and "is a file" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- physics instability

@@ -103,34 +103,59 @@ def test_dual_is_zero_exactly_when_pi_k_feasible() -> None:
     assert abs(sol.g[0]) < 1e-10
 
 
+def theory_for(ev, m: CMDP):
+    """λ, λ_c (δ = 0) of the theorem for a step from the evaluated policy: α = 1/min ν
+    makes max_s KL ≤ α E_ν[KL], the bound the theorem needs."""
+    return theory_params(alpha=1.0 / ev.nu.min(), a_max=np.abs(ev.A).max(),
+                         a_c_max=np.abs(ev.Ac).max(axis=(1, 2)), radius=0.0, gamma=m.gamma)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_theory_parameters_give_safety_and_improvement(seed: int) -> None:
     """SPEC §2.3 / slides "Safe policy adaptation": with λ, λ_c from the theorem (δ = 0),
     the true cost of the adapted policy is within the limit and its true return is not
-    below π_k's. α = 1/min ν makes max_s KL ≤ α E_ν[KL], the bound the theorem needs."""
+    below π_k's. Every case is binding: cost grows with reward, and the limit sits between
+    π_k's cost and the cost the λ-only step would reach, so u > 0."""
     rng = np.random.default_rng(100 + seed)
     p = 1 + seed % 2
-    m = random_cmdp(rng, 6, 3, p, gamma=0.8)
-    f = rng.normal(size=(6, 3))
+    m = random_cmdp(rng, 5, 3, p, gamma=0.8)
+    m = dataclasses.replace(m, c=0.9 * m.r[None] + 0.1 * m.c)
+    f = 2.0 * rng.normal(size=(5, 3))
     ev = evaluate(m, softmax(f))
-    # Limits at or slightly above the current cost (π_k feasible, constraint can bind).
-    m = dataclasses.replace(m, d=ev.Jc + rng.uniform(0.0, 0.2, size=p))
-    th = theory_params(alpha=1.0 / ev.nu.min(), a_max=np.abs(ev.A).max(),
-                       a_c_max=np.abs(ev.Ac).max(axis=(1, 2)), radius=0.0, gamma=m.gamma)
+    th = theory_for(ev, m)
     assert np.all(th.delta == 0.0)
-    new, _ = safe_adapt(f, ev.A, ev.Ac, ev.nu, ev.Jc, m.d, th.lam, th.lam_c, th.delta, m.gamma)
+    prob = make_problem(f, ev.A, ev.Ac, ev.nu, ev.Jc, ev.Jc, th.lam, th.lam_c, th.delta, m.gamma)
+    s0 = ev.Jc + prob.constraint(np.zeros(p))  # the λ-only step's surrogate cost
+    assert np.all(s0 > ev.Jc)
+    m = dataclasses.replace(m, d=ev.Jc + rng.uniform(0.2, 0.8, size=p) * (s0 - ev.Jc))
+    new, u = safe_adapt(f, ev.A, ev.Ac, ev.nu, ev.Jc, m.d, th.lam, th.lam_c, th.delta, m.gamma)
+    assert np.any(u > 0)
     after = evaluate(m, softmax(new))
-    assert np.all(after.Jc <= m.d + 1e-9)
-    assert after.J >= ev.J - 1e-9
-    # Anytime safety along a chain of steps.
+    assert np.all(after.Jc <= m.d + 1e-12)
+    assert after.J > ev.J  # strict: the step moves
+    # Anytime safety along a chain of steps from the adapted policy.
     for _ in range(5):
         ev = after
-        th = theory_params(alpha=1.0 / ev.nu.min(), a_max=np.abs(ev.A).max(),
-                           a_c_max=np.abs(ev.Ac).max(axis=(1, 2)), gamma=m.gamma)
-        new, _ = safe_adapt(new, ev.A, ev.Ac, ev.nu, ev.Jc, m.d, th.lam, th.lam_c, th.delta,
-                            m.gamma)
+        th = theory_for(ev, m)
+        new, _ = safe_adapt(new, ev.A, ev.Ac, ev.nu, ev.Jc, m.d, th.lam, th.lam_c, th.delta, m.gamma)
         after = evaluate(m, softmax(new))
-        assert np.all(after.Jc <= m.d + 1e-9) and after.J >= ev.J - 1e-9
+        assert np.all(after.Jc <= m.d + 1e-12) and after.J >= ev.J - 1e-12
+
+
+def test_explicit_small_lambda_can_violate_where_theory_does_not() -> None:
+    """The guarantee is not vacuous: with λ, λ_c far below the theorem's values the same
+    binding step exceeds the true limit in some cases; with the theorem's never."""
+    violations = 0
+    for seed in range(20):
+        rng = np.random.default_rng(100 + seed)
+        m = random_cmdp(rng, 5, 3, 1, gamma=0.8)
+        m = dataclasses.replace(m, c=0.9 * m.r[None] + 0.1 * m.c)
+        f = 2.0 * rng.normal(size=(5, 3))
+        ev = evaluate(m, softmax(f))
+        m = dataclasses.replace(m, d=ev.Jc + 0.05)
+        new, _ = safe_adapt(f, ev.A, ev.Ac, ev.nu, ev.Jc, m.d, 0.01, np.zeros(1), np.zeros(1), m.gamma)
+        violations += evaluate(m, softmax(new)).Jc[0] > m.d[0] + 1e-12
+    assert violations > 0
 
 
 def test_theory_helper_hand_computed() -> None:

@@ -43,7 +43,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        faults.point("before_rename")
+        faults.point("before_rename" + path.suffix)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -83,7 +83,7 @@ def save(directory: Path, iteration: int, payload: dict[str, Any], keep: int = 3
 def remove_partial(directory: Path) -> None:
     """Delete temporary files left by a write that was killed before its rename."""
     if directory.is_dir():
-        for p in directory.glob(".ckpt_*.tmp"):
+        for p in directory.glob(".*.tmp"):
             p.unlink(missing_ok=True)
 
 

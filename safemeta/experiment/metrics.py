@@ -10,6 +10,10 @@ from typing import Any, Iterable
 from safemeta.experiment.algorithm import METRIC_COLUMNS, MetricRow
 
 
+class MetricsError(RuntimeError):
+    """The metrics file disagrees with the checkpoint; the message is for the user."""
+
+
 class MetricsWriter:
     """Appends rows to `metrics.csv`; `truncate(n)` drops rows past the n-th (resume)."""
 
@@ -31,11 +35,18 @@ class MetricsWriter:
         return len(read_rows(self.path))
 
     def truncate(self, n_rows: int) -> None:
-        """Keep the header and the first `n_rows` rows (those covered by a checkpoint)."""
+        """Keep the header and the first `n_rows` rows (those covered by a checkpoint).
+        Atomic: a crash leaves the old file or the new one. A file holding fewer rows
+        than the checkpoint covers is an error, never a silent loss."""
+        from safemeta.experiment.checkpoint import write_atomic
+
         with open(self.path, newline="") as fh:
             lines = fh.read().splitlines(keepends=True)
-        with open(self.path, "w", newline="") as fh:
-            fh.writelines(lines[: 1 + n_rows])
+        if len(lines) - 1 < n_rows:
+            raise MetricsError(f"{self.path} holds {len(lines) - 1} rows but the checkpoint covers "
+                               f"{n_rows}; restore the file or start a new run")
+        if len(lines) - 1 > n_rows:
+            write_atomic(self.path, "".join(lines[: 1 + n_rows]).encode())
 
     def write(self, row: MetricRow) -> None:
         with open(self.path, "a", newline="") as fh:

@@ -42,6 +42,13 @@ class RunError(RuntimeError):
     """A run cannot go on; the message is one line for the user."""
 
 
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived during meta-test (which restarts from the final checkpoint)."""
+
+
+MAX_CONSECUTIVE_REJECTIONS = 10
+
+
 @dataclass
 class RunSpec:
     """What the user asked for on the command line (or in Python)."""
@@ -100,6 +107,7 @@ class Run:
         self.r, self.dir, self.log = r, r.out, log
         self.ckpt_dir = self.dir / "checkpoints"
         self._stop = False
+        self._in_meta_test = False
 
     # ------------------------------------------------------------ setup
 
@@ -110,19 +118,24 @@ class Run:
         if saved.exists():
             if not self.r.spec.resume:
                 raise C.ConfigError(f"out: {self.dir} already holds a run; pass --resume or another --out")
-            have = yaml.safe_load(saved.read_text()) or {}
+            have = read_run_config(saved)
             diffs = _differences(have, want)
             if diffs:
                 raise C.ConfigError(f"out: {self.dir} belongs to another config ({diffs}); "
                                     "use another --out or the same settings")
             return
-        if self.dir.exists() and any(self.dir.iterdir()):
+        if self.dir.exists() and not self.dir.is_dir():
+            raise C.ConfigError(f"out: {self.dir} is a file; give a directory")
+        # A crash between creating the directory and writing config.yaml leaves only these.
+        leftovers = {"config_diff.yaml"}
+        if self.dir.exists() and any(p.name not in leftovers and not p.name.startswith(".config")
+                                     for p in self.dir.iterdir()):
             raise C.ConfigError(f"out: {self.dir} exists and is not a safemeta run directory")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "config.yaml").write_text(yaml.safe_dump(want, sort_keys=False))
             diff = {**self.r.header(), "changed": C.diff(self.r.cfg)}
-            (self.dir / "config_diff.yaml").write_text(yaml.safe_dump(diff, sort_keys=False))
+            checkpoint.write_atomic(self.dir / "config_diff.yaml", yaml.safe_dump(diff, sort_keys=False).encode())
+            checkpoint.write_atomic(self.dir / "config.yaml", yaml.safe_dump(want, sort_keys=False).encode())
         except OSError as e:
             raise RunError(f"out: cannot write to {self.dir}: {e.strerror}") from None
 
@@ -130,8 +143,11 @@ class Run:
         path = self.dir / "tasks.json"
         suite = self.r.suite
         if path.exists():
-            data = json.loads(path.read_text())
-            return {k: [suite.task_from_dict(d) for d in v] for k, v in data.items()}
+            try:
+                data = json.loads(path.read_text())
+                return {k: [suite.task_from_dict(d) for d in v] for k, v in data.items()}
+            except (ValueError, TypeError, AttributeError) as e:
+                raise C.ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
         rng = np.random.default_rng(seq)
         tasks = {"val": suite.sample_tasks(self.r.cfg.val_tasks, rng, "train"),
                  "test": suite.sample_tasks(self.r.cfg.test_tasks, rng, "test")}
@@ -150,6 +166,8 @@ class Run:
         if self._stop:  # second signal: stop now
             raise KeyboardInterrupt
         self._stop = True
+        if self._in_meta_test:  # nothing to save: meta-test reruns from the final checkpoint
+            raise Interrupted
         self.log(f"{signal.Signals(signum).name}: finishing the current iteration, then checkpointing")
 
     def _install_signals(self) -> dict[int, Any]:
@@ -167,6 +185,7 @@ class Run:
         """Meta-train (resuming if asked), meta-test, report. False if interrupted."""
         cfg = self.r.cfg
         self.prepare()
+        checkpoint.remove_partial(self.dir)
         root = np.random.SeedSequence(cfg.seed)
         task_seq, algo_seq = root.spawn(2)
         tasks = self.tasks(task_seq)
@@ -178,7 +197,15 @@ class Run:
             if start < cfg.iterations or not _has_phase(metrics, "meta_test"):
                 if not self._loop(algo, metrics, start, rejected, progress):
                     return False
-                rows = algo.meta_test(tasks["test"], cfg.test_steps)
+                self._in_meta_test = True
+                try:
+                    rows = algo.meta_test(tasks["test"], cfg.test_steps)
+                except Interrupted:
+                    self.event("interrupted during meta-test; it reruns on resume")
+                    self.log(f"resume with: {resume_command(self.r)}")
+                    return False
+                finally:
+                    self._in_meta_test = False
                 for row in rows:
                     row["iteration"] = cfg.iterations
                     metrics.write(row)
@@ -223,15 +250,20 @@ class Run:
         good = copy.deepcopy(algo.state_dict())
         n_rows = len(metrics)
         it = start
+        streak = 0
         for it in range(start, cfg.iterations):
-            row = algo.train_iteration(it)
-            bad = _non_finite(row)
-            if bad or not algo.finite():
-                rejected += 1
-                self.event(f"iteration {it} rejected: non-finite {bad or 'parameters'}; "
+            row, bad = self._attempt(algo, it)
+            if bad:
+                rejected, streak = rejected + 1, streak + 1
+                self.event(f"iteration {it} rejected: non-finite or failed step ({bad}); "
                            "continuing from the last good state")
+                if streak >= MAX_CONSECUTIVE_REJECTIONS:
+                    self._save_good(algo, good, n_rows, rejected, it)
+                    raise RunError(f"{streak} consecutive iterations rejected (last: {bad}); "
+                                   f"the last good state is checkpointed in {self.ckpt_dir}")
                 algo.load_state_dict({**good, "rng": algo.state_dict().get("rng")})
             else:
+                streak = 0
                 metrics.write(row)
                 faults.point("after_metrics")
                 n_rows += 1
@@ -242,6 +274,7 @@ class Run:
                 faults.point("after_checkpoint")
             if bar is not None:
                 bar.update(1)
+            if bar is not None and row is not None:
                 bar.set_postfix(reward=f"{row['reward_mean']:.3g}", cost_max=f"{row['cost_max']:.3g}",
                                 limit=f"{row['cost_limit']:.3g}")
             if self._stop and not last:
@@ -253,6 +286,25 @@ class Run:
         if cfg.iterations == 0 or start == cfg.iterations:
             self._save(algo, cfg.iterations, n_rows, rejected)
         return not (self._stop and it + 1 < cfg.iterations)
+
+
+    def _attempt(self, algo: Algorithm, it: int) -> tuple[dict[str, Any] | None, str | None]:
+        """One iteration; (row, None) when it is good, (row or None, reason) when rejected."""
+        try:
+            row = algo.train_iteration(it)
+        except C.ConfigError:
+            raise
+        except (ValueError, ArithmeticError, RuntimeError) as e:  # NaN/inf reaching a solver
+            return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        bad = _non_finite(row)
+        if bad is None and not algo.finite():
+            bad = "parameters"
+        return row, bad
+
+    def _save_good(self, algo: Algorithm, good: dict[str, Any], n_rows: int, rejected: int,
+                   it: int) -> None:
+        algo.load_state_dict({**good, "rng": algo.state_dict().get("rng")})
+        self._save(algo, it, n_rows, rejected)
 
 
 def _progress(enabled: bool, start: int, total: int) -> Any:
@@ -289,6 +341,26 @@ def _differences(have: dict[str, Any], want: dict[str, Any]) -> str:
     return "; ".join(out[:4]) + (" ..." if len(out) > 4 else "")
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A run's YAML file, or ConfigError naming it when it is damaged."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise C.ConfigError(f"{path}: unreadable or damaged ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not data:
+        raise C.ConfigError(f"{path}: empty or damaged; restore it or start a new run")
+    return data
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """config.yaml of a run, checked complete; ConfigError naming it otherwise."""
+    saved = read_yaml(path)
+    missing = [k for k in ("env", "algo", "preset", "config") if k not in saved]
+    if missing:
+        raise C.ConfigError(f"{path}: missing {', '.join(missing)}; not a complete safemeta run config")
+    return saved
+
+
 def resume_command(r: Resolved) -> str:
     sets = " ".join(f"--set {k}={v}" for k, v in r.spec.overrides.items())
     conf = f" --config {r.spec.config_file}" if r.spec.config_file else ""
@@ -301,9 +373,9 @@ def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:
     path = run_dir / "config.yaml"
     if not path.exists():
         raise C.ConfigError(f"RUN_DIR: {run_dir} is not a safemeta run directory (no config.yaml)")
-    saved = yaml.safe_load(path.read_text()) or {}
+    saved = read_run_config(path)
     spec = RunSpec(env=saved["env"], algo=saved["algo"], preset=saved["preset"],
-                   overrides=saved.get("config", {}), out=str(run_dir), resume=True)
+                   overrides=saved["config"], out=str(run_dir), resume=True)
     r = resolve(spec)
     found = checkpoint.load_latest(run_dir / "checkpoints", warn=print)
     if found is None:

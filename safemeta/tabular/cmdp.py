@@ -26,7 +26,7 @@ class CMDP:
     gamma: float
 
     def __post_init__(self) -> None:
-        S, A = np.shape(self.r)
+        S, A = checks.array("r", self.r, (None, None)).shape
         P = checks.array("P", self.P, (S, A, S))
         checks.distribution("P", P)
         checks.array("c", self.c, (None, S, A))
@@ -72,6 +72,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def evaluate(m: CMDP, pi: np.ndarray) -> Evaluation:
     """Exact V, Q, A, J for reward and costs and the visitation ν of policy `pi` (S, A)."""
     S = m.n_states
+    pi = checks.array("pi", pi, (S, m.n_actions))
+    checks.distribution("pi", pi)
     P_pi = np.einsum("sa,sat->st", pi, m.P)
     M = np.eye(S) - m.gamma * P_pi
     signals = np.concatenate([m.r[None], m.c], axis=0)  # (1+p, S, A)

@@ -30,20 +30,23 @@ from safemeta.tabular.theory import theory_params
 @dataclass
 class TabularSafeMetaConfig(CommonConfig):
     iterations: int = param(150, "meta-training iterations", low=0)
-    lam: float = param(0.5, "λ: KL weight in the objective (SPEC §2.1)", low=0.0, low_open=True)
-    lam_c: float = param(5.0, "λ_c: KL weight in every cost constraint (SPEC §2.1)", low=0.0)
-    delta: float = param(0.0, "δ: slack on every limit; 0 = safety guaranteed (SPEC §2.5)", low=0.0)
+    lam: float = param(0.5, "λ: KL weight in the objective (SPEC §2.1)", low=1e-6, high=1e6)
+    lam_c: float = param(5.0, "λ_c: KL weight in every cost constraint (SPEC §2.1)", low=0.0, high=1e6)
+    delta: float = param(0.0, "δ: slack on every limit; 0 = safety guaranteed (SPEC §2.5)", low=0.0,
+                         high=1e6)
     hyper: str = param("explicit", "λ, λ_c, δ: 'explicit' values or 'theory' (SPEC §2.5)",
                        choices=("explicit", "theory"))
     alpha: float = param(0.0, "α for hyper=theory; 0 = 1/min_s ν(s), which makes the bound hold",
-                         low=0.0)
-    lr: float = param(2.0, "step size of the meta-gradient ascent on φ", low=0.0, low_open=True)
-    lr_cost: float = param(2.0, "step size of the CRPO cost-reduction step", low=0.0, low_open=True)
+                         low=0.0, high=1e6)
+    lr: float = param(2.0, "step size of the meta-gradient ascent on φ", low=0.0, low_open=True, high=1e3)
+    lr_cost: float = param(2.0, "step size of the CRPO cost-reduction step", low=0.0, low_open=True,
+                           high=1e3)
     meta_grad: str = param("hessian_free", "meta-gradient: the paper's 'hessian_free' or exact 'full'",
                            choices=("hessian_free", "full"))
     meta_margin: float = param(0.05, "meta-policy constraint J_c(π_φ) <= (1 − margin)·d + δ on "
                                "training tasks, so unseen tasks stay feasible", low=0.0, high=1.0)
-    init_logit_scale: float = param(0.0, "std of the initial logits (0 = uniform policy)", low=0.0)
+    init_logit_scale: float = param(0.0, "std of the initial logits (0 = uniform policy)", low=0.0,
+                                    high=100.0)
 
 
 class TabularSafeMeta(Algorithm):
