@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as e:  # disk full, read-only directory: one line, checkpoints intact
         where = f"{e.filename}: " if e.filename else ""
-        sys.stderr.write(f"safemeta: error: {where}{e.strerror or e}; the last checkpoint written is intact\n")
+        sys.stderr.write(f"safemeta: error: {where}{e.strerror or e}; "
+                         "the last checkpoint written is intact\n")
         return 1
     except Exception as e:  # noqa: BLE001 - RunError / CheckpointError / MetricsError: one line
         from safemeta.experiment.checkpoint import CheckpointError

@@ -134,8 +134,8 @@ class Run:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             diff = {**self.r.header(), "changed": C.diff(self.r.cfg)}
-            checkpoint.write_atomic(self.dir / "config_diff.yaml", yaml.safe_dump(diff, sort_keys=False).encode())
-            checkpoint.write_atomic(self.dir / "config.yaml", yaml.safe_dump(want, sort_keys=False).encode())
+            for name, data in (("config_diff.yaml", diff), ("config.yaml", want)):
+                checkpoint.write_atomic(self.dir / name, yaml.safe_dump(data, sort_keys=False).encode())
         except OSError as e:
             raise RunError(f"out: cannot write to {self.dir}: {e.strerror}") from None
 
