@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("demo", help="the default main job: meta-train and meta-test, then a report")
-    d.add_argument("--env", default="tabular-grid", help="suite (default tabular-grid)")
+    d.add_argument("--env", default="point-circle",
+                   help="suite (default point-circle, a few minutes; tabular-grid: seconds)")
     d.add_argument("--out", default=None, help="run directory (default runs/demo-<env>-<time>)")
     d.add_argument("--seed", type=int, default=0)
 

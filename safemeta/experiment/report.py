@@ -73,11 +73,22 @@ def write_report(run_dir: Path, title: str, metrics: Path | None = None,
     test = [r for r in rows if r["phase"] == "meta_test"]
     parts = [f"# {title}", ""]
     if train:
-        curves_png(train, "iteration", out / "meta_train.png", "meta-training (one-step adapted)")
+        sources = {r.get("eval_source") for r in train} - {None}
+        series = None
+        if len(sources) > 1:  # validation every eval_every iterations, the batch's data between
+            names = {"val": "validation tasks", "post": "training batch (post-adaptation)"}
+            series = {names.get(k, k): [r for r in train if r.get("eval_source") == k] for k in sorted(sources)}
+        curves_png(train, "iteration", out / "meta_train.png", "meta-training (one-step adapted)", series)
         parts += ["## Meta-training", "",
-                  "Average reward and maximum cost over the validation tasks of the policy "
-                  "adapted one step from the meta-policy; the dashed line is the limit.", "",
+                  "Average reward and maximum cost over tasks of the policy adapted one step "
+                  "from the meta-policy; the dashed line is the limit.", "",
                   "![meta-training](meta_train.png)", ""]
+        phases = phase_times(train)
+        if phases:
+            total = sum(phases.values())
+            parts += ["Time per meta-training iteration by phase:", "",
+                      markdown_table(["phase", "mean s / iteration", "share"],
+                                     [[k, v, f"{100 * v / total:.1f}%"] for k, v in phases.items()]), ""]
     if test:
         curves_png(test, "step", out / "meta_test.png", "meta-test")
         viol = sum(r["violation_rate"] for r in test) / len(test)
@@ -97,6 +108,19 @@ def write_report(run_dir: Path, title: str, metrics: Path | None = None,
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path
+
+
+PHASES = ("t_sampling", "t_critic", "t_dual", "t_projection", "t_outer")
+
+
+def phase_times(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean wall time per iteration of each phase the algorithm logged (SPEC §2.6 step 4)."""
+    out = {}
+    for k in PHASES:
+        vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
+        if vals:
+            out[k[2:]] = sum(vals) / len(vals)
+    return out
 
 
 def summary_rows(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> list[list[Any]]:
