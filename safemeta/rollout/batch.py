@@ -8,9 +8,8 @@ subprocess vector envs: MuJoCo stepping dominates and the loop adds microseconds
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import gymnasium as gym
 import mujoco
