@@ -77,7 +77,8 @@ def write_report(run_dir: Path, title: str, metrics: Path | None = None,
         series = None
         if len(sources) > 1:  # validation every eval_every iterations, the batch's data between
             names = {"val": "validation tasks", "post": "training batch (post-adaptation)"}
-            series = {names.get(k, k): [r for r in train if r.get("eval_source") == k] for k in sorted(sources)}
+            series = {names.get(k, k): [r for r in train if r.get("eval_source") == k]
+                      for k in sorted(sources)}
         curves_png(train, "iteration", out / "meta_train.png", "meta-training (one-step adapted)", series)
         parts += ["## Meta-training", "",
                   "Average reward and maximum cost over tasks of the policy adapted one step "
