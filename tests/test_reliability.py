@@ -241,7 +241,8 @@ def bad_override(draw) -> str:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(item=bad_override(), env=st.sampled_from(["tabular-grid", "tabular-random"]))
+@given(item=bad_override(), env=st.sampled_from(["tabular-grid", "tabular-random", "point-circle",
+                                                 "halfcheetah-vel"]))
 def test_invalid_config_always_exits_2_one_line_no_run_dir(tmp_path: Path, capsys, item: str,
                                                             env: str) -> None:
     out = tmp_path / f"run-{abs(hash(item))}"

@@ -69,11 +69,12 @@ class SafeMetaConfig(CommonConfig):
     gamma: float = param(0.99, "discount γ", low=0, high=0.9999, low_open=True)
     gae_lambda: float = param(0.97, "GAE λ for reward and cost advantages", low=0, high=1)
     episodes_per_task: int = param(
-        20, "episodes per task per rollout (pre, post, each meta-test step)", low=1
+        20, "episodes per task per rollout (pre, post, each meta-test step)", low=1, high=10_000
     )
-    envs_per_task: int = param(0, "envs stepped in parallel per task; 0: one per episode", low=0)
-    horizon: int = param(0, "episode length; 0: the suite's default", low=0)
-    hidden: list[int] = param([64, 64], "policy MLP hidden sizes (tanh)", low=1)
+    envs_per_task: int = param(0, "envs stepped in parallel per task; 0: one per episode", low=0,
+                               high=10_000)
+    horizon: int = param(0, "episode length; 0: the suite's default", low=0, high=100_000)
+    hidden: list[int] = param([64, 64], "policy MLP hidden sizes (tanh)", low=1, high=4096)
     init_log_std: float = param(-0.5, "initial log-std of the Gaussian policy", low=-5, high=2)
     kappa: str = param(
         "auto",
@@ -118,7 +119,8 @@ class SafeMetaConfig(CommonConfig):
     critic_reg: float = param(1e-5, "linear critic: ridge coefficient", low=0)
     critic_lr: float = param(1e-3, "mlp critic: Adam learning rate", low=0, low_open=True)
     critic_epochs: int = param(5, "mlp critic: epochs per fit", low=1)
-    eval_episodes: int = param(10, "fresh evaluation episodes per task (validation, meta-test steps)", low=1)
+    eval_episodes: int = param(10, "fresh evaluation episodes per task (validation, meta-test steps)",
+                               low=1, high=10_000)
     obs_norm: bool = param(True, "update the observation normaliser from pre-adaptation data")
     torch_threads: int = param(1, "torch threads for learners (small MLPs run fastest on one)", low=1)
 
