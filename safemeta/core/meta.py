@@ -61,6 +61,9 @@ class SafeMetaConfig(CommonConfig):
         low=0,
     )
     delta: float = param(0.0, "constraint relaxation δ (0: the safety-guaranteed case)", low=0)
+    meta_margin: float = param(
+        0.05, "CRPO switch of meta-training at J_c(π_φ) > (1 − margin)·d + δ, so that the "
+        "meta-policy keeps a margin on unseen tasks (anytime safety starts at π_φ)", low=0, high=1)
     theory_alpha: float = param(1.0, "hyper=theory: α bounding max_s KL by α E_ν KL", low=0, low_open=True)
     theory_a_max: float = param(1.0, "hyper=theory: A^max, bound on |A| (standardised units)", low=0)
     theory_a_c_max: float = param(1.0, "hyper=theory: A_c^max, bound on |A_c|", low=0)
@@ -313,7 +316,8 @@ class SafeMeta(Algorithm):
         post = self._timed_collect(tasks, [r.policy for r in results], c.episodes_per_task, times)
         t0 = time.perf_counter()
         pre_cost = pre.cost_return(self.cost_type)
-        violated = pre_cost > self.cost_limit + self.settings.delta  # (tasks, p): CRPO switch
+        # (tasks, p): CRPO switch, with the meta-policy's margin
+        violated = pre_cost > (1 - self.cfg.meta_margin) * self.cost_limit + self.settings.delta
         outer = self._outer_step(pre, post, violated, times)
         if c.obs_norm:
             self.policy.normalizer.update(pre.obs)
