@@ -69,6 +69,14 @@ class TaskEnvMixin:
         self._ctrl_low, self._ctrl_high = low.copy(), high.copy()
         self._clipped = np.zeros(self.model.nu)
 
+    def _advance(self, action: np.ndarray) -> float:
+        """One env step of physics; returns the root's forward velocity v_x."""
+        x_before = self.data.qpos[0]
+        self.do_simulation(action, self.frame_skip)  # type: ignore[attr-defined]
+        # float64 on purpose: with a Python float, NumPy 2 would compute the reward in the
+        # float32 of the action's control cost.
+        return (self.data.qpos[0] - x_before) / self.dt  # type: ignore[attr-defined,no-any-return]
+
     def set_task(self, task: Task) -> None:
         """Switch to `task` in place (no model rebuild)."""
         if not isinstance(task, self.task_type):  # ValueError for all bad input (SPEC §8)
@@ -147,9 +155,7 @@ class HalfCheetahVelEnv(TaskEnvMixin, HalfCheetahEnv):
         self._target = float(self.task.target_velocity)  # type: ignore[attr-defined]
 
     def step(self, action: np.ndarray) -> StepResult:
-        x_before = self.data.qpos[0]
-        self.do_simulation(action, self.frame_skip)
-        x_velocity = (self.data.qpos[0] - x_before) / self.dt
+        x_velocity = self._advance(action)
         reward = -abs(x_velocity - self._target)
         info = {"x_velocity": x_velocity, "target_velocity": self._target}
         return self._finish(self._get_obs(), reward, False, self._cost(action, x_velocity), info)
@@ -169,9 +175,7 @@ class HopperVelEnv(TaskEnvMixin, HopperEnv):
         self._target = float(self.task.target_velocity)  # type: ignore[attr-defined]
 
     def step(self, action: np.ndarray) -> StepResult:
-        x_before = self.data.qpos[0]
-        self.do_simulation(action, self.frame_skip)
-        x_velocity = (self.data.qpos[0] - x_before) / self.dt
+        x_velocity = self._advance(action)
         healthy = self.is_healthy  # v5: healthy bonus while healthy, terminate when not
         reward = -abs(x_velocity - self._target) + healthy * self._healthy_reward - self.control_cost(action)
         info = {"x_velocity": x_velocity, "target_velocity": self._target}
@@ -193,9 +197,7 @@ class SwimmerVelEnv(TaskEnvMixin, SwimmerEnv):
         self._target = float(self.task.target_velocity)  # type: ignore[attr-defined]
 
     def step(self, action: np.ndarray) -> StepResult:
-        x_before = self.data.qpos[0]
-        self.do_simulation(action, self.frame_skip)
-        x_velocity = (self.data.qpos[0] - x_before) / self.dt
+        x_velocity = self._advance(action)
         reward = -abs(x_velocity - self._target)
         info = {"x_velocity": x_velocity, "target_velocity": self._target}
         return self._finish(self._get_obs(), reward, False, self._cost(action, x_velocity), info)
