@@ -3,6 +3,7 @@ finite differences, determinism, state round trip, metrics contract."""
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -259,3 +260,62 @@ def test_meta_test_counts_exploration_cost(monkeypatch: pytest.MonkeyPatch) -> N
     assert rows[0]["reward_mean"] == pytest.approx(ev0.reward_return().mean())
     assert rows[0]["explore_cost_max"] == pytest.approx(data0.cost_return("undiscounted")[:, 0].max())
     assert rows[1]["cost_mean"] == pytest.approx(ev1.cost_return("undiscounted")[:, 0].mean())
+
+
+def test_validation_does_not_change_training() -> None:
+    """Validation and meta-test use their own random streams and leave the critic alone:
+    the training trajectory is the same whether or not validation runs."""
+    train_keys = ("pre_reward", "pre_cost_mean", "post_reward", "post_cost_max", "u_mean", "kl")
+    rows = {}
+    for every in (1, 100):
+        algo = make_algo(seed=3, critic="mlp", eval_every=every)
+        out = [algo.train_iteration(i) for i in range(3)]
+        algo.meta_test(algo.tasks["test"], 1)  # must not disturb what follows either
+        out.append(algo.train_iteration(3))
+        rows[every] = [{k: r[k] for k in train_keys} for r in out]
+    assert rows[1] == rows[100]
+
+
+def test_meta_gradient_step_uses_post_adaptation_data_and_the_meta_policy(monkeypatch) -> None:
+    """SPEC §2.6: when no task is violated, the outer step sees the post-adaptation
+    rollouts, with log-probabilities of the meta-policy π_φ (not of the adapted π_τ);
+    when one is, it sees the pre-adaptation rollouts."""
+    algo = make_algo(seed=1, meta_margin=0.0)
+    seen = {}
+    real_collect, real_step = algo._collect, algo._policy_step
+
+    def collect(tasks, policies, episodes):
+        roll = real_collect(tasks, policies, episodes)
+        seen.setdefault("rolls", []).append(roll)
+        return roll
+
+    def step(learner, data, weights, pre):
+        seen["data"], seen["logp"] = data, learner.log_prob(torch.as_tensor(data.obs),
+                                                             torch.as_tensor(data.act)).detach()
+        return real_step(learner, data, weights, pre)
+
+    monkeypatch.setattr(algo, "_collect", collect)
+    monkeypatch.setattr(algo, "_policy_step", step)
+    ref = copy.deepcopy(algo.policy)  # π_φ before the step
+    algo.cost_limit[:] = 1e9  # no violation: the meta-gradient branch
+    algo.train_iteration(1)  # odd: no validation collects
+    pre, post = seen["rolls"][:2]
+    assert seen["data"] is post
+    # The ratio's denominator is π_φ's log-probability, not the behaviour policy π_τ's.
+    assert not torch.allclose(seen["logp"], torch.as_tensor(post.logp))
+    expected = ref.log_prob(torch.as_tensor(post.obs), torch.as_tensor(post.act)).detach()
+    assert torch.allclose(seen["logp"], expected)
+    seen.clear()
+    algo2 = make_algo(seed=1)
+    monkeypatch.setattr(algo2, "_collect", lambda *a: seen.setdefault("rolls", []).append(
+        SafeMeta._collect(algo2, *a)) or seen["rolls"][-1])
+    monkeypatch.setattr(algo2, "_policy_step", lambda learner, data, w, pre: (
+        seen.__setitem__("data", data), SafeMeta._policy_step(algo2, learner, data, w, pre))[1])
+    algo2.cost_limit[:] = -1.0  # every task violated: the CRPO cost branch
+    algo2.train_iteration(1)
+    assert seen["data"] is seen["rolls"][0]
+
+
+def test_negative_verify_margin_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="^verify_margin: got -5.0; accepted >= 0"):
+        build(SafeMetaConfig, {"verify_margin": -5.0})

@@ -90,11 +90,12 @@ class SafeMetaConfig(CommonConfig):
     proj_minibatches: int = param(4, "projection: minibatches per epoch", low=1)
     proj_lr: float = param(3e-3, "projection: Adam learning rate", low=0, low_open=True)
     verify_margin: float = param(
-        0.0, "verification slack in cost units: accept when surrogate ≤ d + δ − margin"
+        0.0, "verification slack in cost units: accept when surrogate ≤ d + δ − margin", low=0
     )
     max_backoffs: int = param(10, "verification: halvings of the step before keeping π_k", low=0)
     verify_recovery: bool = param(
-        True, "verification when π_k is infeasible: accept steps that lower its cost surrogate"
+        False, "verification when π_k is infeasible: also accept steps that lower its cost "
+        "surrogate without meeting the bound (not verified safe: off by default, SPEC §2.4 step 4)"
     )
     verify_max_kl: float = param(
         0.1,
@@ -148,6 +149,7 @@ class SafeMeta(Algorithm):
         "pre_cost_mean",
         "pre_cost_max",
         "n_violations",
+        "n_switch",
         "post_reward",
         "post_cost_max",
         "u_mean",
@@ -186,7 +188,8 @@ class SafeMeta(Algorithm):
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device: cuda requested but no CUDA device is available; accepted cpu")
         self.device = torch.device(cfg.device)  # learners only; sampling stays on CPU
-        s_np, s_torch, s_init = seed.spawn(3)
+        s_np, s_torch, s_init, s_eval = seed.spawn(4)
+        self._eval_root = int(s_eval.generate_state(1)[0])  # validation/meta-test streams
         self.rng = np.random.default_rng(s_np)
         self.gen = torch.Generator().manual_seed(int(s_torch.generate_state(1)[0]))
         with torch.random.fork_rng(devices=[]):
@@ -325,7 +328,8 @@ class SafeMeta(Algorithm):
         row = self._train_row(iteration, pre, post, results, violated, outer, times)
         if iteration % c.eval_every == 0:
             t0 = time.perf_counter()
-            row.update(self._validation_metrics(self.tasks["val"]))
+            with self._evaluation_streams(iteration):
+                row.update(self._validation_metrics(self.tasks["val"]))
             row["t_eval"] = time.perf_counter() - t0
         row["time_s"] = time.perf_counter() - t_start
         return row
@@ -423,7 +427,8 @@ class SafeMeta(Algorithm):
             "pre_reward": float(pre.reward_return().mean()),
             "pre_cost_mean": float(pre_cost[:, 0].mean()),
             "pre_cost_max": float(pre_cost[:, 0].max()),
-            "n_violations": int(violated.any(1).sum()),
+            "n_violations": int(np.any(pre_cost > self.cost_limit + self.settings.delta, axis=1).sum()),
+            "n_switch": int(violated.any(1).sum()),
             "post_reward": float(post.reward_return().mean()),
             "post_cost_max": float(post_cost[:, 0].max()),
             "u_mean": float(np.mean([r.dual.u.mean() for r in results])),
@@ -466,8 +471,21 @@ class SafeMeta(Algorithm):
         return {**self._summary(np.concatenate(out["r"]), np.concatenate(out["c"])), "eval_source": "val"}
 
     # ---- meta-test (SPEC §2.7) ---------------------------------------------------------
+    @contextlib.contextmanager
+    def _evaluation_streams(self, key: int) -> Iterator[None]:
+        """Validation and meta-test draw from their own generators (a function of the seed
+        and `key`) and leave the critic as it was, so they never change training."""
+        saved = self.rng, self.gen, copy.deepcopy(self.critic)
+        seq = np.random.SeedSequence([self._eval_root, key])
+        self.rng = np.random.default_rng(seq)
+        self.gen = torch.Generator().manual_seed(int(seq.generate_state(1)[0]))
+        try:
+            yield
+        finally:
+            self.rng, self.gen, self.critic = saved
+
     def meta_test(self, tasks: list[Task], steps: int) -> list[MetricRow]:
-        with _threads(self.cfg.torch_threads):
+        with _threads(self.cfg.torch_threads), self._evaluation_streams(META_TEST_STREAM):
             per_chunk = [self._meta_test_chunk(chunk, steps) for chunk in _chunks(tasks, self.cfg.meta_batch)]
         rows = []
         for t in range(steps + 1):
@@ -526,6 +544,7 @@ class SafeMeta(Algorithm):
             "outer_optim": copy.deepcopy(self.outer_optim.state_dict()),
             "rng": copy.deepcopy(self.rng.bit_generator.state),
             "torch_gen": self.gen.get_state().clone(),
+            "eval_root": self._eval_root,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -536,9 +555,13 @@ class SafeMeta(Algorithm):
         self.outer_optim.load_state_dict(state["outer_optim"])
         self.rng.bit_generator.state = copy.deepcopy(state["rng"])
         self.gen.set_state(state["torch_gen"].clone())
+        self._eval_root = int(state["eval_root"])
 
     def finite(self) -> bool:
         return bool(torch.isfinite(self.policy.flat_params()).all())
+
+
+META_TEST_STREAM = 2**31 - 1  # the evaluation-stream key of meta-test (iterations use their index)
 
 
 def _chunks(items: list[Task], size: int) -> list[list[Task]]:
