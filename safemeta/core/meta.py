@@ -431,13 +431,8 @@ class SafeMeta(Algorithm):
             "n_switch": int(violated.any(1).sum()),
             "post_reward": float(post.reward_return().mean()),
             "post_cost_max": float(post_cost[:, 0].max()),
-            "u_mean": float(np.mean([r.dual.u.mean() for r in results])),
-            "eta": float(np.mean([r.dual.eta for r in results])),
-            "kl": float(np.mean([r.kl for r in results])),
+            **_step_log(results),
             "dual_kl": float(np.mean([r.dual.kl for r in results])),
-            "surrogate_cost": float(np.mean([r.surrogate[0] for r in results])),
-            "backoffs": float(np.mean([r.backoffs for r in results])),
-            "accept_rate": float(np.mean([r.accepted for r in results])),
             "outer_cost_step": outer["cost_step"],
             "outer_accepted": outer["accepted"],
             "outer_kl": outer["kl"],
@@ -498,8 +493,7 @@ class SafeMeta(Algorithm):
                 if t == steps
                 else float(np.concatenate([r["explore"] for r in rec])[:, 0].max()),
                 time_s=sum(r["time"] for r in rec),
-                backoffs=float(np.mean([r["backoffs"] for r in rec])),
-                u_mean=float(np.mean([r["u"] for r in rec])),
+                **{k: float(np.mean([r[k] for r in rec])) for k in STEP_LOG},
             )
             rows.append(row)
         return rows
@@ -513,7 +507,7 @@ class SafeMeta(Algorithm):
         c, policies, out, elapsed = self.cfg, [self.policy] * len(tasks), [], 0.0
         for t in range(steps + 1):
             ev = self._collect(tasks, policies, c.eval_episodes)
-            rec = {"reward": ev.reward_return(), "time": elapsed, "backoffs": 0.0, "u": 0.0}
+            rec = {"reward": ev.reward_return(), "time": elapsed, **dict.fromkeys(STEP_LOG, 0.0)}
             episodes = [self._episode_costs(ev, i) for i in range(len(tasks))]
             if t < steps:
                 t0 = time.perf_counter()
@@ -522,11 +516,7 @@ class SafeMeta(Algorithm):
                 policies = [r.policy for r in results]
                 elapsed += time.perf_counter() - t0
                 episodes = [np.concatenate([e, self._episode_costs(data, i)]) for i, e in enumerate(episodes)]
-                rec.update(
-                    explore=data.cost_return(self.cost_type),
-                    backoffs=float(np.mean([r.backoffs for r in results])),
-                    u=float(np.mean([r.dual.u.mean() for r in results])),
-                )
+                rec.update(explore=data.cost_return(self.cost_type), **_step_log(results))
             rec["cost"] = np.stack([e.mean(0) for e in episodes])
             out.append(rec)
         return out
@@ -559,6 +549,21 @@ class SafeMeta(Algorithm):
 
     def finite(self) -> bool:
         return bool(torch.isfinite(self.policy.flat_params()).all())
+
+
+# What each meta-test adaptation step logs (means over tasks; zeros at the last step).
+STEP_LOG = ("u_mean", "eta", "kl", "surrogate_cost", "backoffs", "accept_rate")
+
+
+def _step_log(results: list[AdaptResult]) -> dict[str, float]:
+    return {
+        "u_mean": float(np.mean([r.dual.u.mean() for r in results])),
+        "eta": float(np.mean([r.dual.eta for r in results])),
+        "kl": float(np.mean([r.kl for r in results])),
+        "surrogate_cost": float(np.mean([r.surrogate[0] for r in results])),
+        "backoffs": float(np.mean([r.backoffs for r in results])),
+        "accept_rate": float(np.mean([r.accepted for r in results])),
+    }
 
 
 META_TEST_STREAM = 2**31 - 1  # the evaluation-stream key of meta-test (iterations use their index)
