@@ -127,10 +127,12 @@ def phase_times(rows: list[dict[str, Any]]) -> dict[str, float]:
 def summary_rows(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> list[list[Any]]:
     rows: list[list[Any]] = []
     if train:
-        last = train[-1]
+        val = [r for r in train if r.get("eval_source", "val") == "val"]
+        last, where = (val[-1], "validation tasks") if val else (train[-1], "training batch")
         rows += [["meta-training iterations", len(train)],
-                 ["final adapted reward (validation)", last["reward_mean"]],
-                 ["final adapted max cost (validation)", last["cost_max"]],
+                 [f"last one-step adapted reward ({where}, iteration {last['iteration']})",
+                  last["reward_mean"]],
+                 [f"last one-step adapted max cost ({where})", last["cost_max"]],
                  ["meta-training time (s)", sum(r["time_s"] or 0 for r in train)]]
     if test:
         rows += [["meta-test reward, step 0 -> last", f"{_num(test[0]['reward_mean'])} -> "
