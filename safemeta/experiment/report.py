@@ -43,8 +43,11 @@ def curves_png(rows: list[dict[str, Any]], x: str, path: Path, title: str,
     ax_c.legend(loc="best", fontsize=8)
     if any(series):
         ax_r.legend(loc="best", fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_r, ax_c):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
