@@ -141,7 +141,22 @@ def _env_init(env: Any, base: type, task: Task, cost: str, horizon: int, **kw: A
     env._init_cost_buffers()
 
 
-class HalfCheetahVelEnv(TaskEnvMixin, HalfCheetahEnv):
+class VelocityTracking(TaskEnvMixin):
+    """Reward −|v_x − v*| for the task's target velocity v* (SPEC §4.1)."""
+
+    _target: float
+
+    def _on_task(self) -> None:
+        self._target = float(self.task.target_velocity)  # type: ignore[attr-defined]
+
+    def step(self, action: np.ndarray) -> StepResult:
+        x_velocity = self._advance(action)
+        reward = -abs(x_velocity - self._target)
+        info = {"x_velocity": x_velocity, "target_velocity": self._target}
+        return self._finish(self._get_obs(), reward, False, self._cost(action, x_velocity), info)  # type: ignore[attr-defined]
+
+
+class HalfCheetahVelEnv(VelocityTracking, HalfCheetahEnv):
     """HalfCheetah-Vel: reward −|v_x − v*| (SPEC §4.1)."""
 
     xml_name = "half_cheetah.xml"
@@ -151,17 +166,9 @@ class HalfCheetahVelEnv(TaskEnvMixin, HalfCheetahEnv):
     def __init__(self, task: VelocityTask, cost: str = "energy", horizon: int = 200, **kw: Any):
         _env_init(self, HalfCheetahEnv, task, cost, horizon, **kw)
 
-    def _on_task(self) -> None:
-        self._target = float(self.task.target_velocity)  # type: ignore[attr-defined]
-
-    def step(self, action: np.ndarray) -> StepResult:
-        x_velocity = self._advance(action)
-        reward = -abs(x_velocity - self._target)
-        info = {"x_velocity": x_velocity, "target_velocity": self._target}
-        return self._finish(self._get_obs(), reward, False, self._cost(action, x_velocity), info)
 
 
-class HopperVelEnv(TaskEnvMixin, HopperEnv):
+class HopperVelEnv(VelocityTracking, HopperEnv):
     """Hopper-Vel: reward −|v_x − v*| + healthy bonus − 1e-3‖a‖² (v5 weights; SPEC §4.1)."""
 
     xml_name = "hopper.xml"
@@ -170,9 +177,6 @@ class HopperVelEnv(TaskEnvMixin, HopperEnv):
 
     def __init__(self, task: VelocityTask, cost: str = "energy", horizon: int = 200, **kw: Any):
         _env_init(self, HopperEnv, task, cost, horizon, **kw)
-
-    def _on_task(self) -> None:
-        self._target = float(self.task.target_velocity)  # type: ignore[attr-defined]
 
     def step(self, action: np.ndarray) -> StepResult:
         x_velocity = self._advance(action)
@@ -183,7 +187,7 @@ class HopperVelEnv(TaskEnvMixin, HopperEnv):
         return self._finish(self._get_obs(), reward, not healthy, cost, info)
 
 
-class SwimmerVelEnv(TaskEnvMixin, SwimmerEnv):
+class SwimmerVelEnv(VelocityTracking, SwimmerEnv):
     """Swimmer-Vel: reward −|v_x − v*| (SPEC §4.1)."""
 
     xml_name = "swimmer.xml"
@@ -193,14 +197,6 @@ class SwimmerVelEnv(TaskEnvMixin, SwimmerEnv):
     def __init__(self, task: VelocityTask, cost: str = "energy", horizon: int = 200, **kw: Any):
         _env_init(self, SwimmerEnv, task, cost, horizon, **kw)
 
-    def _on_task(self) -> None:
-        self._target = float(self.task.target_velocity)  # type: ignore[attr-defined]
-
-    def step(self, action: np.ndarray) -> StepResult:
-        x_velocity = self._advance(action)
-        reward = -abs(x_velocity - self._target)
-        info = {"x_velocity": x_velocity, "target_velocity": self._target}
-        return self._finish(self._get_obs(), reward, False, self._cost(action, x_velocity), info)
 
 
 class HumanoidDirEnv(TaskEnvMixin, HumanoidEnv):
