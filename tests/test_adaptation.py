@@ -317,3 +317,54 @@ def test_non_finite_sample_is_rejected() -> None:
     st = AdaptSettings(normalize_adv=False)
     res = adapt_step(policy, roll, ZeroCritic(), np.array([100.0]), st, np.random.default_rng(0))
     assert not res.accepted and res.policy is policy
+
+
+def test_verify_margin_tightens_the_accepted_surrogate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same overshooting step: with margin m the accepted surrogate is ≤ d − m, and
+    it takes more halvings than without the margin."""
+    import safemeta.core.adaptation as adaptation
+
+    policy = bandit_policy(np.log(0.5))
+    roll = one_task_rollout(policy)
+    limit = np.array([float(roll.ep_cost[0].mean()) + 0.3])
+    monkeypatch.setattr(
+        adaptation, "project_batch", lambda pks, *args, **kw: [shifted(pk, 2.0) for pk in pks]
+    )
+    out = {}
+    for margin in (0.0, 0.2):
+        st = AdaptSettings(lam=1.0, lam_c=1.0, max_backoffs=12, normalize_adv=False, verify_margin=margin)
+        out[margin] = adapt_step(policy, roll, ZeroCritic(), limit, st, np.random.default_rng(0))
+        assert out[margin].accepted and out[margin].surrogate[0] <= limit[0] - margin
+    assert out[0.2].backoffs > out[0.0].backoffs
+    assert out[0.0].surrogate[0] > limit[0] - 0.2  # the margin is what made the difference
+
+
+def test_projection_receives_the_duals_tilt_in_the_slides_scaling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC §2.1/§2.4: the projection's target is π_k·exp(B/η) with B = A − Σ u_i A_{c_i},
+    u = κμ, η = λ + Σ μ_i λ_{c_i} of the sample dual; checked against `solve_dual` on the
+    same advantages, in a binding case (u > 0) with κ ≠ 1."""
+    import safemeta.core.adaptation as adaptation
+
+    policy = bandit_policy(np.log(0.5))
+    roll = one_task_rollout(policy)
+    st = AdaptSettings(lam=1.0, lam_c=0.5, normalize_adv=False)
+    a = adaptation.task_advantages(roll, ZeroCritic(), policy, st)
+    lam_c, zero = np.array([0.5]), np.zeros(1)
+    # The λ-only step's surrogate s0; a limit 0.5 below it makes the constraint bind.
+    s0 = solve_dual(DualProblem(a.adv, a.cost_adv, a.cost_value, np.array([1e9]), st.lam, lam_c, zero,
+                                a.kappa)).surrogate
+    limit = s0 - 0.5
+    seen = {}
+
+    def capture(pks, obs, act, logp_k, b, mask, eta, *rest):
+        seen["b"], seen["eta"] = b[0, : len(roll.obs)].double().numpy(), float(eta[0])
+        return list(pks)
+
+    monkeypatch.setattr(adaptation, "project_batch", capture)
+    res = adapt_step(policy, roll, ZeroCritic(), limit, st, np.random.default_rng(0))
+    sol = solve_dual(DualProblem(a.adv, a.cost_adv, a.cost_value, limit, st.lam, lam_c, zero, a.kappa))
+    assert a.kappa == pytest.approx(10.0) and sol.mu[0] > 0  # auto κ: episode length; binding
+    np.testing.assert_allclose(sol.u, a.kappa * sol.mu)
+    assert seen["eta"] == pytest.approx(1.0 + 0.5 * sol.mu[0], rel=1e-6)
+    np.testing.assert_allclose(seen["b"], a.adv - a.cost_adv[:, 0] * sol.u[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(res.dual.u, sol.u)

@@ -152,6 +152,8 @@ class SafeMeta(Algorithm):
         "n_switch",
         "post_reward",
         "post_cost_max",
+        "post_cost_undiscounted",
+        "post_cost_discounted",
         "u_mean",
         "eta",
         "kl",
@@ -431,6 +433,9 @@ class SafeMeta(Algorithm):
             "n_switch": int(violated.any(1).sum()),
             "post_reward": float(post.reward_return().mean()),
             "post_cost_max": float(post_cost[:, 0].max()),
+            # SPEC §2.4 step 1: both episode costs are reported; the limit binds `cost_type`.
+            "post_cost_undiscounted": float(post.cost_return("undiscounted")[:, 0].mean()),
+            "post_cost_discounted": float(post.cost_return("discounted")[:, 0].mean()),
             **_step_log(results),
             "dual_kl": float(np.mean([r.dual.kl for r in results])),
             "outer_cost_step": outer["cost_step"],
