@@ -76,10 +76,13 @@ def test_dual_one_constraint_matches_exact_root() -> None:
 def test_dual_zero_multiplier_when_feasible() -> None:
     ca = COST_ADV[:, :1]
     jc, d, lam_c = np.array([0.0]), np.array([5.0]), np.array([0.5])
-    _, adv, cadv = replicated(ca)
+    idx, adv, cadv = replicated(ca)
     sol = solve_dual(DualProblem(adv, cadv, jc, d, LAM, lam_c, np.zeros(1), KAPPA))
     assert sol.mu[0] == 0.0 and sol.eta == LAM
-    pi, _ = exact_policy(np.zeros(1), lam_c, ca)  # π ∝ π_k exp(A/λ)
+    pi, kl = exact_policy(np.zeros(1), lam_c, ca)  # π ∝ π_k exp(A/λ)
+    np.testing.assert_allclose(np.bincount(idx, weights=sol.weights, minlength=K), pi, atol=1e-9)
+    assert sol.kl == pytest.approx(kl, rel=1e-7)
+    assert sol.surrogate[0] == pytest.approx(exact_g(np.zeros(1), lam_c, ca, jc, d)[0] + d[0], rel=1e-7)
     assert sol.surrogate[0] < d[0]
 
 
