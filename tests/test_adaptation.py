@@ -371,3 +371,31 @@ def test_projection_receives_the_duals_tilt_in_the_slides_scaling(monkeypatch: p
     assert seen["eta"] == pytest.approx(1.0 + 0.5 * sol.mu[0], rel=1e-6)
     np.testing.assert_allclose(seen["b"], a.adv - a.cost_adv[:, 0] * sol.u[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(res.dual.u, sol.u)
+
+
+class TimeCritic:
+    """V(s, t) = t for the reward and 2t for the cost: depends on the time index only."""
+
+    def predict(self, obs: np.ndarray, t: np.ndarray) -> np.ndarray:
+        t = np.asarray(t, np.float64)
+        return np.stack([t, 2 * t], axis=1)
+
+
+def test_time_limit_bootstrap_uses_the_value_at_the_horizon() -> None:
+    """At a truncated last step (t = H − 1) the TD target bootstraps with V(s_H, H): with
+    λ_GAE = 0 the advantage there is r + γ·H − (H − 1), by hand (reward), and
+    c + γ·2H − 2(H − 1) for the cost before centring."""
+    import safemeta.core.adaptation as adaptation
+
+    policy = bandit_policy(np.log(0.5))
+    H, gamma = 10, 0.9
+    roll = one_task_rollout(policy, n=200, horizon=H)
+    st = AdaptSettings(gamma=gamma, gae_lambda=0.0, normalize_adv=False)
+    a = adaptation.task_advantages(roll, TimeCritic(), policy, st)
+    last = roll.truncated
+    np.testing.assert_allclose(a.adv[last], roll.reward[last] + gamma * H - (H - 1), atol=1e-5)
+    inner = ~last  # one step inside the episode: r + γ(t+1) − t
+    np.testing.assert_allclose(a.adv[inner], roll.reward[inner] + gamma * (roll.t[inner] + 1) - roll.t[inner],
+                               atol=1e-5)
+    raw_cost = roll.cost[:, 0] + gamma * 2 * (roll.t + 1) - 2 * roll.t
+    np.testing.assert_allclose(a.cost_adv[:, 0], raw_cost - raw_cost.mean(), atol=1e-5)
