@@ -17,16 +17,6 @@ from safemeta.core.dual import DualProblem, solve_dual
 from safemeta.nn.policy import GaussianPolicy
 from safemeta.rollout.buffer import Rollout
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """Small MLPs: one torch thread is fastest (and 2 threads on 2 busy cores thrash)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- the sample dual on a one-state, many-action problem --------------------------------
 K = 6
 PROBS = np.array([3, 5, 2, 4, 1, 5]) / 20  # multiples of 1/20: a sample of 20 reproduces π_k exactly

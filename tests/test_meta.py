@@ -17,15 +17,6 @@ from safemeta.experiment.algorithm import METRIC_COLUMNS
 from safemeta.nn.policy import GaussianPolicy
 from safemeta.rollout.toy import PointMassSuite
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---- the Hessian-free meta-gradient on a Gaussian bandit task distribution ---------------
 GOALS = np.array([-0.4, 0.3, 0.9])  # task τ: reward r_τ(a) = −(a − c_τ)²
 K_TILT, ETA = 0.8, 1.3  # adaptation advantage held fixed: B_τ(a) = −k(a − c_τ)², η fixed

@@ -12,15 +12,6 @@ from safemeta.rollout.buffer import Rollout, gae, next_values
 from safemeta.rollout.sampler import Sampler
 from safemeta.rollout.toy import GoalTask, PointMassSuite
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 GAMMA, LAM = 0.9, 0.8
 
 

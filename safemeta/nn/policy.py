@@ -56,7 +56,22 @@ def mlp(sizes: list[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-class GaussianPolicy(nn.Module):
+class GaussianHead(nn.Module):
+    """log π(a|s) and sampling for a module whose forward gives (mean, log_std)."""
+
+    def log_prob(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self(obs)
+        return gaussian_log_prob(mean, log_std, act)
+
+    @torch.no_grad()
+    def sample(self, obs: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Actions and their log-probabilities for raw observations (CPU); any leading shape."""
+        mean, log_std = self(torch.as_tensor(obs, dtype=torch.float32))
+        act = mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype) * log_std.exp()
+        return act.numpy(), gaussian_log_prob(mean, log_std, act).numpy()
+
+
+class GaussianPolicy(GaussianHead):
     """Diagonal Gaussian policy: tanh MLP mean, state-independent log-std."""
 
     def __init__(
@@ -81,19 +96,6 @@ class GaussianPolicy(nn.Module):
         mean = self.mean_net(self.normalizer(obs))
         log_std = torch.clamp(self.log_std, LOG_STD_MIN, LOG_STD_MAX).expand_as(mean)
         return mean, log_std
-
-    def log_prob(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        mean, log_std = self(obs)
-        return gaussian_log_prob(mean, log_std, act)
-
-    @torch.no_grad()
-    def sample(self, obs: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Actions and their log-probabilities for a batch of raw observations (CPU)."""
-        mean, log_std = self(torch.as_tensor(obs, dtype=torch.float32))
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        act = mean + noise * log_std.exp()
-        logp = gaussian_log_prob(mean, log_std, act)
-        return act.numpy(), logp.numpy()
 
     def flat_params(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in self.parameters()])
@@ -120,7 +122,7 @@ def gaussian_kl(
     return kl.sum(-1)
 
 
-class StackedGaussian(nn.Module):
+class StackedGaussian(GaussianHead):
     """T Gaussian policies of one architecture evaluated as one batched network.
 
     Layer weights are stacked to (T, in, out) and applied with `baddbmm` to observations
@@ -150,17 +152,6 @@ class StackedGaussian(nn.Module):
                 x = torch.tanh(x)
         log_std = torch.clamp(self.log_std, LOG_STD_MIN, LOG_STD_MAX).expand_as(x)
         return x, log_std
-
-    def log_prob(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        mean, log_std = self(obs)
-        return gaussian_log_prob(mean, log_std, act)
-
-    @torch.no_grad()
-    def sample(self, obs: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Actions and log-probabilities for raw observations shaped (T, n, d) (CPU)."""
-        mean, log_std = self(torch.as_tensor(obs, dtype=torch.float32))
-        act = mean + torch.randn(mean.shape, generator=generator, dtype=mean.dtype) * log_std.exp()
-        return act.numpy(), gaussian_log_prob(mean, log_std, act).numpy()
 
     @torch.no_grad()
     def unstack(self, template: GaussianPolicy) -> list[GaussianPolicy]:
