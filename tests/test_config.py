@@ -49,3 +49,26 @@ def test_parse_overrides() -> None:
     assert parse_overrides(["a=1", "b = x=y"]) == {"a": "1", "b": "x=y"}
     with pytest.raises(ConfigError, match="--set: expected key=value"):
         parse_overrides(["novalue"])
+
+
+def _registered_configs() -> list[type]:
+    from safemeta.algos import _ALGOS, algorithm
+
+    return [algorithm(a, f).Config for a, f in _ALGOS]
+
+
+@pytest.mark.parametrize("cfg_cls", _registered_configs(), ids=lambda c: c.__name__)
+def test_every_numeric_field_has_finite_bounds_and_rejects_huge_values(cfg_cls: type) -> None:
+    """1e308 is a float that parses: a field without an upper bound would let it through into a run."""
+    for f in dataclasses.fields(cfg_cls):
+        m = f.metadata
+        numeric = f.type in ("float", "float | None", "int", "int | None") or f.type in (float, int)
+        if not numeric or m.get("choices"):
+            continue
+        if "float" in str(f.type):
+            assert m.get("high") is not None, f"{cfg_cls.__name__}.{f.name} has no upper bound"
+            with pytest.raises(ConfigError, match=rf"^{f.name}: "):
+                build(cfg_cls, {f.name: "1e308"})
+        assert m.get("low") is not None, f"{cfg_cls.__name__}.{f.name} has no lower bound"
+        with pytest.raises(ConfigError, match=rf"^{f.name}: "):
+            build(cfg_cls, {f.name: "-1e9"})

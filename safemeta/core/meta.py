@@ -50,25 +50,27 @@ class SafeMetaConfig(CommonConfig):
         "KL penalty λ of the adaptation step, in standardised reward-advantage units",
         low=0,
         low_open=True,
+        high=1e6,
     )
     lam_c: float | None = param(
-        None, "cost KL coefficient λ_c in cost units; none: lam_c_scale × the suite's limit d", low=0
+        None, "cost KL coefficient λ_c in cost units; none: lam_c_scale × the suite's limit d", low=0, high=1e9
     )
     lam_c_scale: float = param(
         10.0,
         "λ_c = lam_c_scale·d when lam_c is none (halfcheetah-vel meta-test, 10 tasks x 5 steps: "
         "1·d violated on 10% of task-steps, 10·d on none, with a smaller reward gain per step)",
         low=0,
+        high=1e6,
     )
-    delta: float = param(0.0, "constraint relaxation δ (0: the safety-guaranteed case)", low=0)
+    delta: float = param(0.0, "constraint relaxation δ (0: the safety-guaranteed case)", low=0, high=1e9)
     meta_margin: float = param(
         0.05, "CRPO switch of meta-training at J_c(π_φ) > (1 − margin)·d + δ, so that the "
         "meta-policy keeps a margin on unseen tasks (anytime safety starts at π_φ)", low=0, high=1)
-    theory_alpha: float = param(1.0, "hyper=theory: α bounding max_s KL by α E_ν KL", low=0, low_open=True)
-    theory_a_max: float = param(1.0, "hyper=theory: A^max, bound on |A| (standardised units)", low=0)
-    theory_a_c_max: float = param(1.0, "hyper=theory: A_c^max, bound on |A_c|", low=0)
-    theory_radius: float = param(0.0, "hyper=theory: R(P(Γ)), radius of the task distribution", low=0)
-    theory_eps: float | None = param(None, "hyper=theory: ε; none takes its maximum (δ = 0)", low=0)
+    theory_alpha: float = param(1.0, "hyper=theory: α bounding max_s KL by α E_ν KL", low=0, low_open=True, high=1e9)
+    theory_a_max: float = param(1.0, "hyper=theory: A^max, bound on |A| (standardised units)", low=0, high=1e9)
+    theory_a_c_max: float = param(1.0, "hyper=theory: A_c^max, bound on |A_c|", low=0, high=1e9)
+    theory_radius: float = param(0.0, "hyper=theory: R(P(Γ)), radius of the task distribution", low=0, high=1e9)
+    theory_eps: float | None = param(None, "hyper=theory: ε; none takes its maximum (δ = 0)", low=0, high=1e9)
     gamma: float = param(0.99, "discount γ", low=0, high=0.9999, low_open=True)
     gae_lambda: float = param(0.97, "GAE λ for reward and cost advantages", low=0, high=1)
     episodes_per_task: int = param(
@@ -88,9 +90,9 @@ class SafeMetaConfig(CommonConfig):
     normalize_adv: bool = param(True, "standardise reward advantages per task before the adaptation step")
     proj_epochs: int = param(10, "projection (SPEC §2.4 step 3): Adam epochs", low=1)
     proj_minibatches: int = param(4, "projection: minibatches per epoch", low=1)
-    proj_lr: float = param(3e-3, "projection: Adam learning rate", low=0, low_open=True)
+    proj_lr: float = param(3e-3, "projection: Adam learning rate", low=0, low_open=True, high=10)
     verify_margin: float = param(
-        0.0, "verification slack in cost units: accept when surrogate ≤ d + δ − margin", low=0
+        0.0, "verification slack in cost units: accept when surrogate ≤ d + δ − margin", low=0, high=1e9
     )
     max_backoffs: int = param(10, "verification: halvings of the step before keeping π_k", low=0)
     verify_recovery: bool = param(
@@ -102,26 +104,27 @@ class SafeMetaConfig(CommonConfig):
         "verification: also back off while E_s[KL(π‖π_k)] exceeds this "
         "(the importance-weighted surrogate's range); 0 disables",
         low=0,
+        high=1e3,
     )
     outer_step: str = param(
         "trpo",
         "meta-policy step: TRPO natural gradient with KL bound, or first-order clipped",
         choices=("trpo", "first-order"),
     )
-    max_kl: float = param(0.01, "outer TRPO step: KL bound", low=0, low_open=True)
+    max_kl: float = param(0.01, "outer TRPO step: KL bound", low=0, low_open=True, high=10)
     cg_iters: int = param(10, "outer TRPO step: conjugate-gradient iterations", low=1)
-    cg_damping: float = param(0.1, "outer TRPO step: Fisher damping", low=0)
+    cg_damping: float = param(0.1, "outer TRPO step: Fisher damping", low=0, high=1e6)
     line_search_steps: int = param(10, "outer TRPO step: backtracking halvings", low=1)
     fvp_states: int = param(4000, "outer TRPO step: states subsampled for Fisher-vector products", low=100)
-    outer_lr: float = param(1e-3, "first-order outer step: Adam learning rate", low=0, low_open=True)
-    max_grad_norm: float = param(1.0, "first-order outer step: gradient-norm clip", low=0, low_open=True)
+    outer_lr: float = param(1e-3, "first-order outer step: Adam learning rate", low=0, low_open=True, high=10)
+    max_grad_norm: float = param(1.0, "first-order outer step: gradient-norm clip", low=0, low_open=True, high=1e6)
     critic: str = param(
         "linear",
         "value critics: per-task linear feature baseline, or one shared MLP",
         choices=("linear", "mlp"),
     )
-    critic_reg: float = param(1e-5, "linear critic: ridge coefficient", low=0)
-    critic_lr: float = param(1e-3, "mlp critic: Adam learning rate", low=0, low_open=True)
+    critic_reg: float = param(1e-5, "linear critic: ridge coefficient", low=0, high=1e6)
+    critic_lr: float = param(1e-3, "mlp critic: Adam learning rate", low=0, low_open=True, high=10)
     critic_epochs: int = param(5, "mlp critic: epochs per fit", low=1)
     eval_episodes: int = param(10, "fresh evaluation episodes per task (validation, meta-test steps)",
                                low=1, high=10_000)
