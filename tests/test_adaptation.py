@@ -174,6 +174,14 @@ def cost_setup(
     return policy, obs, act, logp_k, adv
 
 
+def closed_form_surrogate(shift: float, act: torch.Tensor, m0: float, a: Advantages) -> float:
+    """Ĵ_c + κ Ê[(π/π_k) A_c] + λ_c KL(π‖π_k) for π = N(m0 + shift, 0.5²), π_k = N(m0, 0.5²),
+    λ_c = 1: the density ratio and the KL in closed form."""
+    x = act[:, 0].double().numpy() - m0
+    ratio = np.exp((x**2 - (x - shift) ** 2) / (2 * 0.25))
+    return float(a.cost_value[0] + a.kappa * (ratio @ a.cost_adv[:, 0]) / len(x) + shift**2 / (2 * 0.25))
+
+
 def test_verification_backs_off_a_violating_step() -> None:
     policy, obs, act, logp_k, a = cost_setup()
     st = AdaptSettings(max_backoffs=10, verify_recovery=False)
@@ -190,9 +198,16 @@ def test_verification_backs_off_a_violating_step() -> None:
     # independent check: the accepted policy's mean shift s gives 1 + 2s + s²/(2·0.25)
     s = 0.4 * 0.5**backoffs
     assert sur[0] == pytest.approx(1 + 2 * s + s**2 / 0.5, abs=0.02)
-    # the previous halving violated (so the back-off stopped at the first step that holds)
-    s_prev = 0.4 * 0.5 ** (backoffs - 1)
-    assert 1 + 2 * s_prev + s_prev**2 / 0.5 > bound[0] - 0.02
+    # The surrogate recomputed in closed form from the returned policy's own mean (not through
+    # log_prob or surrogate_cost): exactly two halvings, since a shift of 0.2 gives ≈ 1.48 > 1.3
+    # and 0.1 gives ≈ 1.22 ≤ 1.3; the reported surrogate and KL are the returned policy's.
+    with torch.no_grad():
+        m0, m_out = float(policy(obs[:1])[0]), float(out(obs[:1])[0])
+    shift = m_out - m0
+    assert backoffs == 2 and shift == pytest.approx(0.1, abs=1e-6)
+    assert sur[0] == pytest.approx(closed_form_surrogate(shift, act, m0, a), abs=1e-5)
+    assert closed_form_surrogate(shift, act, m0, a) <= bound[0] < closed_form_surrogate(2 * shift, act, m0, a)
+    assert kl == pytest.approx(shift**2 / 0.5, rel=1e-4)
 
 
 def test_verification_rejects_when_nothing_holds() -> None:

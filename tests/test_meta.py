@@ -172,6 +172,48 @@ def test_cost_step_when_meta_policy_violates() -> None:
     assert rows[-1]["pre_cost_mean"] < rows[0]["pre_cost_mean"]
 
 
+@pytest.mark.parametrize(
+    ("delta", "pre_cost", "post_cost", "switched"),
+    [
+        # threshold (1 − 0.05)·0.6 + 0 = 0.57: π_φ violates on tasks 0 and 2, no adapted π_τ does
+        (0.0, [0.9, 0.1, 0.575], [0.1, 0.1, 0.1], [True, False, True]),
+        # every adapted π_τ violates, π_φ does not (0.565 < 0.57)
+        (0.0, [0.1, 0.565, 0.3], [0.9, 0.9, 0.9], [False, False, False]),
+        # δ = 0.1: threshold 0.67, π_φ over it only on task 1; the post costs say the opposite
+        (0.1, [0.66, 0.68, 0.1], [0.9, 0.1, 0.9], [False, True, False]),
+    ],
+)
+def test_crpo_switch_reads_the_meta_policys_cost(
+    monkeypatch: pytest.MonkeyPatch, delta: float, pre_cost: list, post_cost: list, switched: list
+) -> None:
+    """SPEC §2.6 step 3: a task switches the meta-step to cost reduction when J_c(π_φ), the
+    pre-adaptation cost, exceeds (1 − meta_margin)·d + δ, whatever the adapted policies cost."""
+    algo = make_algo(seed=1, eval_every=100)  # d = 0.6, meta_margin = 0.05
+    algo.settings.delta = np.array([delta])
+    costs = iter([pre_cost, post_cost])  # the mean episode costs of the pre, then the post rollouts
+    collect, outer_step = algo._timed_collect, algo._outer_step
+
+    def fixed_cost(*args: object) -> object:
+        roll = collect(*args)
+        cost = np.array(next(costs))[:, None]
+        roll.cost_return = lambda kind: cost
+        return roll
+
+    seen = {}
+
+    def outer(pre: object, post: object, violated: np.ndarray, times: dict) -> dict:
+        seen["violated"] = violated.copy()
+        return outer_step(pre, post, violated, times)
+
+    monkeypatch.setattr(algo, "_timed_collect", fixed_cost)
+    monkeypatch.setattr(algo, "_outer_step", outer)
+    row = algo.train_iteration(1)
+    np.testing.assert_array_equal(seen["violated"], np.array(switched)[:, None])
+    assert row["n_switch"] == sum(switched) and row["outer_cost_step"] == float(any(switched))
+    assert row["n_violations"] == sum(c > 0.6 + delta for c in pre_cost)  # vs d + δ, no margin
+    assert row["pre_cost_max"] == max(pre_cost) and row["post_cost_max"] == max(post_cost)
+
+
 def test_theory_hyperparameters_and_presets() -> None:
     from safemeta.tabular.theory import theory_params
 

@@ -2,7 +2,10 @@
 
 From data collected by π_k on one task:
 1. critics and GAE advantages for reward and every cost, J_c(π_k) estimated;
-2. the sample dual (SPEC §2.2) gives u and η;
+2. the sample dual (SPEC §2.2) gives u and η; or, with `dual="bisection"`, the
+   alternative §2.4 keeps available: per task the smallest multiplier whose projected
+   policy meets its own constraint surrogate, found by bracketing and bisection (one
+   batched projection per probe, so about 1 + 2·bisect_iters projections per step);
 3. projection: minimise E_s[KL(π_θ‖π_k)] − (1/η) Ê[(π_θ/π_k) B], B = A − Σ u_i A_{c_i}
    (= E_s[KL(π_θ‖π*)] + const, π* ∝ π_k exp(B/η)) with Adam for a few epochs;
 4. verification: the constraint surrogate J_c + κ Ê[(π_θ/π_k) A_c] + λ_c KL of π_θ must
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from safemeta.core.dual import DualProblem, DualSolution, solve_dual
+from safemeta.core.dual import DualProblem, DualSolution, solution_at, solve_dual
 from safemeta.nn.critic import LinearCritic, MLPCritic
 from safemeta.nn.policy import GaussianPolicy, StackedGaussian, gaussian_kl, gaussian_log_prob
 from safemeta.rollout.buffer import Rollout, discounted_returns, gae, next_values
@@ -40,6 +43,8 @@ class AdaptSettings:
     cost_type: str = "undiscounted"  # which J_c the limit binds (the suite declares it)
     kappa: str = "auto"  # "gamma": 1/(1−γ); "auto": 1/(1−γ) for discounted, mean episode length else
     normalize_adv: bool = True  # reward advantage standardised (λ is then in its units)
+    dual: str = "sample"  # "sample": the batch-normalised dual; "bisection": on the projected policy
+    bisect_iters: int = 8  # dual="bisection": bracket doublings and bisection halvings (each)
     proj_epochs: int = 10
     proj_minibatches: int = 4
     proj_lr: float = 3e-3
@@ -272,10 +277,9 @@ def adapt_batch(
     lam_c = np.broadcast_to(np.asarray(st.lam_c, np.float64), (p,))
     delta = np.broadcast_to(np.asarray(st.delta, np.float64), (p,))
     t1 = time.perf_counter()
-    sols = [
-        solve_dual(DualProblem(a.adv, a.cost_adv, a.cost_value, cost_limit, st.lam, lam_c, delta, a.kappa))
-        for a in advs
-    ]
+    probs = [DualProblem(a.adv, a.cost_adv, a.cost_value, cost_limit, st.lam, lam_c, delta, a.kappa)
+             for a in advs]
+    sols = [solve_dual(prob) for prob in probs]
     t2 = time.perf_counter()
     dev = torch.device(st.device)
     learners = [copy.deepcopy(pk).to(dev) for pk in policies_k]
@@ -286,10 +290,12 @@ def adapt_batch(
     )
     with torch.no_grad():  # log π_k on the learner device (= roll.logp up to float error)
         logp_k = torch.stack([lp.log_prob(obs[i], act[i]) for i, lp in enumerate(learners)])
-    b = _padded([a.adv - a.cost_adv @ sol.u for a, sol in zip(advs, sols)], dev)  # B = A − Σ u A_c
-    eta = torch.tensor([sol.eta for sol in sols], dtype=torch.float32, device=dev)
-    new = project_batch(learners, obs, act, logp_k, b, mask, eta, st, rng)
     bound = cost_limit + delta - st.verify_margin
+    if st.dual == "bisection":
+        sols, new = bisect_dual(learners, obs, act, logp_k, mask, advs, probs, sols, bound, st, rng)
+    else:
+        new = project_batch(learners, obs, act, logp_k, _tilt(advs, sols, dev), mask,
+                            _eta(sols, dev), st, rng)
     results = []
     for i, (a, sol) in enumerate(zip(advs, sols)):
         k = len(tasks[i].obs)
@@ -306,6 +312,88 @@ def adapt_batch(
             t_projection=(t3 - t2) / len(results),
         )
     return results
+
+
+def bisect_dual(
+    learners: list[GaussianPolicy],
+    obs: torch.Tensor,
+    act: torch.Tensor,
+    logp_k: torch.Tensor,
+    mask: torch.Tensor,
+    advs: list[Advantages],
+    probs: list[DualProblem],
+    sols: list[DualSolution],
+    bound: np.ndarray,
+    st: AdaptSettings,
+    rng: np.random.Generator,
+) -> tuple[list[DualSolution], list[GaussianPolicy]]:
+    """SPEC §2.4 step 2, the alternative to the sample dual: per task, the smallest
+    μ = s·direction (s ≥ 0) whose projected policy meets its own constraint surrogate.
+
+    The direction is the sample dual's μ (all ones when it is zero), so for p = 1 this is
+    a search over μ itself. s = 0 is tried first; otherwise the bracket starts at the
+    sample dual's scale and doubles until the projection is feasible, then bisection in
+    log s narrows it. Every probe is one batched projection of the tasks still searching.
+    Returns the solutions at the chosen μ and the projected policies (to be verified).
+    """
+    dev = obs.device
+    n_tasks, p = len(advs), len(bound)
+    dirs = [s.mu / s.mu.max() if s.mu.max() > 0 else np.ones(p) for s in sols]
+    sample_scale = [float(s.mu.max()) for s in sols]
+
+    def probe(idx: list[int], scales: list[float]) -> tuple[list[GaussianPolicy], list[bool]]:
+        at = [solution_at(probs[i], sc * dirs[i]) for i, sc in zip(idx, scales)]
+        pols = project_batch([learners[i] for i in idx], obs[idx], act[idx], logp_k[idx],
+                             _tilt([advs[i] for i in idx], at, dev), mask[idx], _eta(at, dev), st, rng)
+        ok = []
+        for j, i in enumerate(idx):
+            k = int(mask[i].sum())
+            sur, _ = surrogate_cost(pols[j], learners[i], obs[i, :k], act[i, :k], logp_k[i, :k], advs[i],
+                                    probs[i].lam_c)
+            ok.append(bool(np.all(sur <= bound)))
+        return pols, ok
+
+    everyone = list(range(n_tasks))
+    pols, ok = probe(everyone, [0.0] * n_tasks)
+    lo, hi = [0.0] * n_tasks, [0.0 if o else np.inf for o in ok]
+    best = list(pols)  # the projection at hi (at the largest probe while hi is unknown)
+    scale = [sample_scale[i] if sample_scale[i] > 0 else st.lam / max(float(probs[i].lam_c.max()), 1e-12)
+             for i in everyone]
+    for _ in range(st.bisect_iters + 1):  # bracket: grow s until the projection is feasible
+        idx = [i for i in everyone if hi[i] == np.inf]
+        if not idx:
+            break
+        pols, ok = probe(idx, [scale[i] for i in idx])
+        for j, i in enumerate(idx):
+            best[i] = pols[j]
+            if ok[j]:
+                hi[i] = scale[i]
+            elif sols[i].infeasible:  # no μ meets even the sample constraint: verify decides
+                hi[i] = -1.0
+            else:
+                lo[i], scale[i] = scale[i], 2 * scale[i]
+    for _ in range(st.bisect_iters):  # bisection between an infeasible lo and a feasible hi
+        idx = [i for i in everyone if 0 < hi[i] < np.inf]
+        if not idx:
+            break
+        mid = [np.sqrt(lo[i] * hi[i]) if lo[i] > 0 else hi[i] / 2 for i in idx]
+        pols, ok = probe(idx, mid)
+        for j, i in enumerate(idx):
+            if ok[j]:
+                hi[i], best[i] = mid[j], pols[j]
+            else:
+                lo[i] = mid[j]
+    chosen = [hi[i] if 0 <= hi[i] < np.inf else scale[i] for i in everyone]  # none feasible: verify decides
+    return [solution_at(probs[i], chosen[i] * dirs[i]) for i in everyone], best
+
+
+def _tilt(advs: list[Advantages], sols: list[DualSolution], dev: torch.device) -> torch.Tensor:
+    """B = A − Σ_i u_i A_{c_i} per task, padded (u = κμ, the slides' scaling)."""
+    return _padded([a.adv - a.cost_adv @ sol.u for a, sol in zip(advs, sols)], dev)
+
+
+def _eta(sols: list[DualSolution], dev: torch.device) -> torch.Tensor:
+    return torch.tensor([sol.eta for sol in sols], dtype=torch.float32, device=dev)
 
 
 def _finite(a: Advantages) -> bool:

@@ -81,6 +81,11 @@ def solve_dual(prob: DualProblem, mu_max: float = 1e6) -> DualSolution:
         mu = _root_1d(prob, mu_max)
     else:
         mu = _lbfgsb(prob, mu_max)
+    return solution_at(prob, mu)
+
+
+def solution_at(prob: DualProblem, mu: np.ndarray) -> DualSolution:
+    """The tilt, weights and sample constraint values at a given μ."""
     _, g, w, kl = prob.stats(mu)
     return DualSolution(
         mu=mu,

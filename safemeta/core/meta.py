@@ -53,7 +53,8 @@ class SafeMetaConfig(CommonConfig):
         high=1e6,
     )
     lam_c: float | None = param(
-        None, "cost KL coefficient λ_c in cost units; none: lam_c_scale × the suite's limit d", low=0, high=1e9
+        None, "cost KL coefficient λ_c in cost units; none: lam_c_scale × the suite's limit d",
+        low=0, high=1e9,
     )
     lam_c_scale: float = param(
         10.0,
@@ -66,10 +67,20 @@ class SafeMetaConfig(CommonConfig):
     meta_margin: float = param(
         0.05, "CRPO switch of meta-training at J_c(π_φ) > (1 − margin)·d + δ, so that the "
         "meta-policy keeps a margin on unseen tasks (anytime safety starts at π_φ)", low=0, high=1)
-    theory_alpha: float = param(1.0, "hyper=theory: α bounding max_s KL by α E_ν KL", low=0, low_open=True, high=1e9)
-    theory_a_max: float = param(1.0, "hyper=theory: A^max, bound on |A| (standardised units)", low=0, high=1e9)
+    dual: str = param(
+        "sample",
+        "adaptation multipliers: the batch-normalised sample dual (SPEC §2.2), or 'bisection' "
+        "on the projected policy's own surrogate (SPEC §2.4; about 1 + 2·bisect_iters projections)",
+        choices=("sample", "bisection"),
+    )
+    bisect_iters: int = param(8, "dual=bisection: bracket doublings and bisection halvings", low=1, high=50)
+    theory_alpha: float = param(1.0, "hyper=theory: α bounding max_s KL by α E_ν KL",
+                                low=0, low_open=True, high=1e9)
+    theory_a_max: float = param(1.0, "hyper=theory: A^max, bound on |A| (standardised units)",
+                                low=0, high=1e9)
     theory_a_c_max: float = param(1.0, "hyper=theory: A_c^max, bound on |A_c|", low=0, high=1e9)
-    theory_radius: float = param(0.0, "hyper=theory: R(P(Γ)), radius of the task distribution", low=0, high=1e9)
+    theory_radius: float = param(0.0, "hyper=theory: R(P(Γ)), radius of the task distribution",
+                                 low=0, high=1e9)
     theory_eps: float | None = param(None, "hyper=theory: ε; none takes its maximum (δ = 0)", low=0, high=1e9)
     gamma: float = param(0.99, "discount γ", low=0, high=0.9999, low_open=True)
     gae_lambda: float = param(0.97, "GAE λ for reward and cost advantages", low=0, high=1)
@@ -117,7 +128,8 @@ class SafeMetaConfig(CommonConfig):
     line_search_steps: int = param(10, "outer TRPO step: backtracking halvings", low=1)
     fvp_states: int = param(4000, "outer TRPO step: states subsampled for Fisher-vector products", low=100)
     outer_lr: float = param(1e-3, "first-order outer step: Adam learning rate", low=0, low_open=True, high=10)
-    max_grad_norm: float = param(1.0, "first-order outer step: gradient-norm clip", low=0, low_open=True, high=1e6)
+    max_grad_norm: float = param(1.0, "first-order outer step: gradient-norm clip",
+                                 low=0, low_open=True, high=1e6)
     critic: str = param(
         "linear",
         "value critics: per-task linear feature baseline, or one shared MLP",
@@ -236,6 +248,8 @@ class SafeMeta(Algorithm):
             cost_type=self.cost_type,
             kappa=c.kappa,
             normalize_adv=c.normalize_adv,
+            dual=c.dual,
+            bisect_iters=c.bisect_iters,
             proj_epochs=c.proj_epochs,
             proj_minibatches=c.proj_minibatches,
             proj_lr=c.proj_lr,
