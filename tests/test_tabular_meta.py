@@ -132,3 +132,24 @@ def test_state_dict_round_trip_continues_identically() -> None:
     strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
     assert strip(rest_a) == strip(rest_b)
     np.testing.assert_array_equal(a.phi, b.phi)
+
+
+@pytest.mark.parametrize("margin, expect_safe", [(None, True), (0.05, False)])
+def test_tabular_random_paper_preset_is_anytime_safe_on_every_test_task(
+    tmp_path, margin, expect_safe
+) -> None:
+    """Seed 4 of the paper preset: with margin 0.05 the meta-policy exceeds d on one test
+    task at step 0 (so the check can fail); the suite's preset margin 0.1 keeps every
+    step of every test task within its limit (exact evaluation)."""
+    from safemeta.cli import main
+    from safemeta.experiment.metrics import read_rows
+
+    sets = [] if margin is None else ["--set", f"meta_margin={margin}"]
+    out = tmp_path / "run"
+    assert main(["train", "--env", "tabular-random", "--preset", "paper", "--seed", "4", *sets,
+                 "--out", str(out), "--no-progress"]) == 0
+    test = [r for r in read_rows(out / "metrics.csv") if r["phase"] == "meta_test"]
+    assert len(test) == 21
+    worst = max(float(r["cost_max"]) - float(r["cost_limit"]) for r in test)
+    assert (worst <= 1e-9) == expect_safe
+    assert float(test[-1]["reward_mean"]) > float(test[0]["reward_mean"]) + 1.0
