@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field (repeatable)")
     t.add_argument("--config", default=None, help="YAML file of config overrides")
+    t.add_argument("--task-file", default=None, metavar="FILE",
+                   help="JSON: a list of test tasks, or {\"val\": [...], \"test\": [...]}; "
+                        "a task is an object of its parameters (see `safemeta envs`)")
     t.add_argument("--out", default=None, help="run directory (default runs/<env>-<algo>-s<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--backend", default="local", help="local")
@@ -51,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", help="a run directory written by `safemeta train`")
     e.add_argument("--tasks", type=int, default=None, help="number of test tasks")
     e.add_argument("--steps", type=int, default=None, help="adaptation steps per task")
+    e.add_argument("--task-file", default=None, metavar="FILE",
+                   help="JSON list of test tasks (or {\"test\": [...]}) instead of the run's own")
     return p
 
 
@@ -102,7 +107,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides["device"] = args.device
     spec = RunSpec(env=args.env, algo=args.algo, preset=args.preset, overrides=overrides,
-                   config_file=args.config, out=args.out, resume=args.resume, backend=args.backend)
+                   config_file=args.config, out=args.out, resume=args.resume, backend=args.backend,
+                   task_file=args.task_file)
     r = resolve(spec)
     t0 = time.perf_counter()
     done = Run(r).train(progress=not args.no_progress)
@@ -120,7 +126,7 @@ def _test(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and v < (1 if name == "tasks" else 0):
             raise C.ConfigError(f"--{name}: got {v}; accepted an integer >= {1 if name == 'tasks' else 0}")
-    path = test_run(Path(args.run_dir), args.tasks, args.steps)
+    path = test_run(Path(args.run_dir), args.tasks, args.steps, task_file=args.task_file)
     _print_table(path.parent / "metrics.csv")
     print(f"report: {path}")
     return 0

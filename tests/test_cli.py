@@ -123,3 +123,60 @@ def test_nothing_is_written_to_the_working_directory(tmp_path: Path) -> None:
     res = run_cli("train", *TINY, "--out", str(tmp_path / "run"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+# ---------------------------------------------------------------- --task-file
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_task_file_sets_the_test_tasks_and_test_reproduces_them_exactly(tmp_path: Path) -> None:
+    """Train with one chosen test task; `safemeta test --task-file` on the same task gives
+    the same exact-evaluation rows, on another task different ones."""
+    a = '[{"goal_x": 4, "goal_y": 4, "slip": 0.1}]'
+    b = '[{"goal_x": 0, "goal_y": 4, "slip": 0.0}]'
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--task-file", _write(tmp_path / "a.json", a), "--out", str(out)]) == 0
+    saved = yaml.safe_load((out / "tasks.json").read_text())
+    assert saved["test"] == [{"type": "GridTask", "goal_x": 4, "goal_y": 4, "slip": 0.1}]
+    assert len(saved["val"]) == 2  # the split the file does not give is sampled as usual
+    train_rows = [r for r in read_rows(out / "metrics.csv") if r["phase"] == "meta_test"]
+    assert main(["test", str(out), "--task-file", str(tmp_path / "a.json")]) == 0
+    rows = read_rows(out / "test" / "metrics.csv")
+    assert [r["reward_mean"] for r in rows] == [r["reward_mean"] for r in train_rows]
+    assert main(["test", str(out), "--task-file", _write(tmp_path / "b.json", b)]) == 0
+    other = read_rows(out / "test" / "metrics.csv")
+    assert len(other) == len(rows) and other[0]["reward_mean"] != rows[0]["reward_mean"]
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ('[{"goal_x": 9, "goal_y": 4, "slip": 0.1}]',
+         "test task 0: goal_x: expected an integer in [0, 4], got 9"),
+        ('{"val": [{"goal_x": 1}], "test": [{"slip": 0.9}]}', "test task 0: slip:"),
+        ('[{"target_velocity": 1.0}]', "unknown field(s) ['target_velocity']"),
+        ('[{"type": "VelocityTask", "goal_x": 1}]', "type 'VelocityTask' is not a task of tabular-grid"),
+        ('{"tests": []}', "got ['tests']; accepted a list of tasks"),
+        ('{"val": []}', "'val' must be a non-empty list of tasks"),
+        ('[3]', "test task 0: task: got int"),
+        ("nope", "not JSON"),
+    ],
+)
+def test_bad_task_file_exits_2_with_one_line_before_any_work(tmp_path: Path, text: str, match: str) -> None:
+    path = _write(tmp_path / "t.json", text)
+    res = run_cli("train", *TINY, "--task-file", path, "--out", str(tmp_path / "o"))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and match in lines[0], res.stderr
+    assert lines[0].startswith("safemeta: error: task-file: ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_task_file_of_another_run_is_refused_on_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    other = _write(tmp_path / "t.json", '[{"goal_x": 2, "goal_y": 4, "slip": 0.05}]')
+    res = run_cli("train", *TINY, "--task-file", other, "--out", str(out), "--resume")
+    assert res.returncode == 2 and "task-file: its test tasks differ from those of the run" in res.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from safemeta.cli import main
@@ -272,6 +272,53 @@ def test_invalid_grid_tasks_raise_value_error_naming_the_parameter(goal_x: int, 
         s.task_from_dict(d)
     name = str(e.value).split(":")[0]
     assert name in ("goal_x", "goal_y", "slip", "goal_x, goal_y")
+
+
+BAD_TASK_VALUES = st.one_of(
+    st.text(max_size=4), st.none(), st.just(float("nan")), st.just(float("inf")), st.floats(-1e9, -1e-3),
+    st.floats(1e3, 1e9), st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=2), st.none()),
+)
+
+
+@st.composite
+def corrupted_task(draw) -> tuple[str, dict]:
+    """A valid sampled task of a suite with one field replaced by a doubtful value."""
+    from safemeta.envs.registry import suite
+
+    env = draw(st.sampled_from(["tabular-grid", "halfcheetah-vel", "humanoid-dir", "point-circle",
+                                "car-circle", "point-button"]))
+    task = suite(env).sample_tasks(1, np.random.default_rng(draw(st.integers(0, 9))), "test")[0].to_dict()
+    key = draw(st.sampled_from(sorted(k for k in task if k != "type")))
+    task[key] = draw(BAD_TASK_VALUES)
+    return env, task
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=corrupted_task())
+def test_impossible_task_parameters_from_a_task_file_exit_2_one_line_no_run_dir(tmp_path: Path, capsys,
+                                                                               case) -> None:
+    """Whatever the suite's own validator rejects is refused by the command line: exit 2,
+    one line that carries the validator's message, no traceback, no run directory."""
+    import json
+
+    from safemeta.envs.registry import suite
+
+    env, task = case
+    try:
+        suite(env).task_from_dict(task)
+        valid = True
+    except (ValueError, TypeError) as e:
+        valid, reason = False, str(e).splitlines()[0]
+    assume(not valid)
+    path = tmp_path / f"tasks-{abs(hash(json.dumps(task, default=str)))}.json"
+    path.write_text(json.dumps([task]))
+    out = tmp_path / f"run-{path.stem}"
+    code = main(["train", "--env", env, "--task-file", str(path), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("safemeta: error: task-file: "), (task, err)
+    assert reason in err[0]
+    assert not out.exists()
 
 
 def test_checkpoint_holds_rng_state_and_torch_loads_it(tmp_path: Path, reference: Path) -> None:

@@ -67,11 +67,21 @@ class Suite(abc.ABC):
         """Task parameters and their ranges in `split`."""
 
     def task_from_dict(self, d: dict[str, Any]) -> Task:
+        """A task from its `to_dict` form; ValueError naming what is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"task: got {type(d).__name__}; accepted an object of task parameters")
+        name = self.task_type.__name__
+        if d.get("type", name) != name:
+            raise ValueError(f"task: type {d['type']!r} is not a task of {self.id}; accepted {name!r}")
         d = {k: v for k, v in d.items() if k != "type"}
         fields = {f.name: f for f in dataclasses.fields(self.task_type)}
         unknown = set(d) - set(fields)
         if unknown:
             raise ValueError(f"task: unknown field(s) {sorted(unknown)}; accepted {sorted(fields)}")
+        missing = [k for k, f in fields.items() if k not in d and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"task: missing field(s) {missing}; {name} needs {sorted(fields)}")
         args = {k: tuple(map(_tuplify, v)) if isinstance(v, list) else v for k, v in d.items()}
         task = self.task_type(**args)
         task.validate()

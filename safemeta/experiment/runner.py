@@ -61,6 +61,7 @@ class RunSpec:
     out: str | None = None
     resume: bool = False
     backend: str = "local"
+    task_file: str | None = None  # JSON of validation/test tasks (see `read_task_file`)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Resolved:
     algo_cls: type[Algorithm]
     cfg: Any
     out: Path
+    given_tasks: dict[str, list[Task]] = field(default_factory=dict)  # from --task-file
 
     def header(self) -> dict[str, Any]:
         return {"env": self.spec.env, "algo": self.spec.algo, "preset": self.spec.preset}
@@ -97,7 +99,39 @@ def resolve(spec: RunSpec) -> Resolved:
         if not torch.cuda.is_available():
             raise C.ConfigError("device: 'cuda' requested but no CUDA device is available; accepted: cpu")
     default_out = f"runs/{spec.env}-{spec.algo}-s{cfg.seed}"
-    return Resolved(spec, suite, algo_cls, cfg, Path(spec.out or default_out))
+    given = read_task_file(suite, spec.task_file) if spec.task_file else {}
+    return Resolved(spec, suite, algo_cls, cfg, Path(spec.out or default_out), given)
+
+
+def read_task_file(suite: Suite, path: str | Path) -> dict[str, list[Task]]:
+    """Tasks a user chose: a JSON list of tasks (the test tasks), or an object with a
+    "val" and/or a "test" list. A task is an object of its parameters, as `safemeta envs`
+    lists them and as a run's tasks.json holds them. ConfigError with one line otherwise."""
+    where = f"task-file: {path}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise C.ConfigError(f"{where}: cannot read: {e.strerror}") from None
+    except ValueError as e:
+        raise C.ConfigError(f"{where}: not JSON: {e}") from None
+    if isinstance(data, list):
+        data = {"test": data}
+    if not isinstance(data, dict) or not data or set(data) - {"val", "test"}:
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise C.ConfigError(f"{where}: got {got}; accepted a list of tasks or an object with "
+                            "'val' and/or 'test' lists of tasks")
+    out: dict[str, list[Task]] = {}
+    for split, items in data.items():
+        if not isinstance(items, list) or not items:
+            raise C.ConfigError(f"{where}: {split!r} must be a non-empty list of tasks")
+        tasks = []
+        for i, d in enumerate(items):
+            try:
+                tasks.append(suite.task_from_dict(d))
+            except (ValueError, TypeError) as e:
+                raise C.ConfigError(f"{where}: {split} task {i}: {str(e).splitlines()[0]}") from None
+        out[split] = tasks
+    return out
 
 
 class Run:
@@ -145,12 +179,18 @@ class Run:
         if path.exists():
             try:
                 data = json.loads(path.read_text())
-                return {k: [suite.task_from_dict(d) for d in v] for k, v in data.items()}
+                have = {k: [suite.task_from_dict(d) for d in v] for k, v in data.items()}
             except (ValueError, TypeError, AttributeError) as e:
                 raise C.ConfigError(f"{path}: {str(e).splitlines()[0]}") from None
+            changed = [k for k, v in self.r.given_tasks.items() if have.get(k) != v]
+            if changed:
+                raise C.ConfigError(f"task-file: its {', '.join(changed)} tasks differ from those of the run "
+                                    f"in {self.dir} ({path.name}); use another --out")
+            return have
         rng = np.random.default_rng(seq)
         tasks = {"val": suite.sample_tasks(self.r.cfg.val_tasks, rng, "train"),
                  "test": suite.sample_tasks(self.r.cfg.test_tasks, rng, "test")}
+        tasks.update(self.r.given_tasks)  # --task-file replaces the sampled split
         data = {k: [t.to_dict() for t in v] for k, v in tasks.items()}
         checkpoint.write_atomic(path, json.dumps(data, indent=1).encode())
         return tasks
@@ -384,15 +424,24 @@ def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:
 
 
 def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None,
-             log: Callable[[str], None] = print) -> Path:
-    """Meta-test a trained run on its test tasks (more are sampled if `n_tasks` asks);
-    writes RUN_DIR/test/metrics.csv and a report; returns the report path."""
+             log: Callable[[str], None] = print, task_file: str | Path | None = None) -> Path:
+    """Meta-test a trained run on its test tasks (more are sampled if `n_tasks` asks), or
+    on the test tasks of `task_file` (see `read_task_file`); writes RUN_DIR/test/metrics.csv
+    and a report; returns the report path."""
     r, payload = load_run(run_dir)
     cfg = r.cfg
+    given = read_task_file(r.suite, task_file) if task_file else {}
+    if task_file and "test" not in given:
+        raise C.ConfigError(f"task-file: {task_file} has no 'test' tasks; accepted a list of tasks "
+                            "or an object with a 'test' list")
+    if given and n_tasks and n_tasks > len(given["test"]):
+        raise C.ConfigError(f"--tasks: got {n_tasks}; the task file holds {len(given['test'])} test task(s)")
     run = Run(r, log)
     root = np.random.SeedSequence(cfg.seed)
     task_seq, algo_seq = root.spawn(2)
     tasks = run.tasks(task_seq)
+    if given:
+        tasks["test"] = given["test"]
     n = n_tasks or len(tasks["test"])
     if n > len(tasks["test"]):
         extra_rng = np.random.default_rng(root.spawn(3)[2])
