@@ -107,16 +107,23 @@ def strip_times(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not (k.startswith("t_") or k == "time_s")} for r in rows]
 
 
-def test_two_runs_with_one_seed_are_identical() -> None:
-    runs = []
-    for _ in range(2):
-        algo = make_algo(seed=3)
-        rows = [algo.train_iteration(it) for it in range(3)]
-        rows += algo.meta_test(algo.tasks["test"], 2)
-        runs.append(strip_times(rows))
+def _three_iterations(seed: int, **over: object) -> list[dict]:
+    algo = make_algo(seed=seed, **over)
+    assert algo.settings.dual == over.get("dual", "sample")  # the config reaches the adaptation step
+    rows = [algo.train_iteration(it) for it in range(3)]
+    rows += algo.meta_test(algo.tasks["test"], 2)
+    return strip_times(rows)
+
+
+@pytest.mark.parametrize("dual", ["sample", "bisection"])
+def test_two_runs_with_one_seed_are_identical(dual: str) -> None:
+    runs = [_three_iterations(3, dual=dual) for _ in range(2)]
     assert runs[0] == runs[1]
-    other = make_algo(seed=4)
+    other = make_algo(seed=4, dual=dual)
     assert strip_times([other.train_iteration(0)]) != runs[0][:1]
+    if dual == "bisection":  # it changes the multipliers the adaptation steps used
+        sample = _three_iterations(3)
+        assert [r["u_mean"] for r in runs[0][:3]] != [r["u_mean"] for r in sample[:3]]
 
 
 @pytest.mark.parametrize("critic", ["linear", "mlp"])

@@ -4,8 +4,8 @@ From data collected by π_k on one task:
 1. critics and GAE advantages for reward and every cost, J_c(π_k) estimated;
 2. the sample dual (SPEC §2.2) gives u and η; or, with `dual="bisection"`, the
    alternative §2.4 keeps available: per task the smallest multiplier whose projected
-   policy meets its own constraint surrogate, found by bracketing and bisection (one
-   batched projection per probe, so about 1 + 2·bisect_iters projections per step);
+   policy passes verification's own rule, found by bracketing and bisection (one
+   batched projection per probe, at most 1 + 2·bisect_iters projections per step);
 3. projection: minimise E_s[KL(π_θ‖π_k)] − (1/η) Ê[(π_θ/π_k) B], B = A − Σ u_i A_{c_i}
    (= E_s[KL(π_θ‖π*)] + const, π* ∝ π_k exp(B/η)) with Adam for a few epochs;
 4. verification: the constraint surrogate J_c + κ Ê[(π_θ/π_k) A_c] + λ_c KL of π_θ must
@@ -54,6 +54,10 @@ class AdaptSettings:
     verify_max_kl: float = 0.1  # also back off while E_s[KL(π‖π_k)] exceeds this; 0 disables
     critic_reg: float = 1e-5
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.dual not in ("sample", "bisection"):
+            raise ValueError(f"dual: got {self.dual!r}; accepted 'sample' or 'bisection'")
 
 
 @dataclass
@@ -218,6 +222,20 @@ def project_batch(
     return stack.unstack(policies_k[0])
 
 
+def acceptable(
+    sur: np.ndarray, kl: float, cost_value: np.ndarray, bound: np.ndarray, st: AdaptSettings
+) -> bool:
+    """The acceptance rule of verification (SPEC §2.4 step 4) for a policy with constraint
+    surrogate `sur` and E_s[KL(π‖π_k)] = `kl`: every surrogate ≤ its bound (with
+    `verify_recovery` and π_k infeasible: feasible constraints stay so, violated ones
+    decrease), all finite, and KL within `verify_max_kl` (the ratio estimator's range)."""
+    ok = sur <= bound
+    if st.verify_recovery and np.any(cost_value > bound):
+        ok = np.where(cost_value > bound, sur < cost_value, ok)
+    trusted = st.verify_max_kl <= 0 or kl <= st.verify_max_kl
+    return bool(np.all(ok) and np.all(np.isfinite(sur)) and trusted)
+
+
 def verify(
     new: GaussianPolicy,
     policy_k: GaussianPolicy,
@@ -231,16 +249,11 @@ def verify(
 ) -> tuple[GaussianPolicy, np.ndarray, float, int, bool]:
     """SPEC §2.4 step 4: back off θ toward θ_k by halving until the surrogate holds."""
     theta_k, theta = policy_k.flat_params(), new.flat_params()
-    recover = st.verify_recovery and np.any(a.cost_value > bound)
     for k in range(st.max_backoffs + 1):
         alpha = 0.5**k
         new.set_flat_params(theta_k + alpha * (theta - theta_k))
         sur, kl = surrogate_cost(new, policy_k, obs, act, logp_k, a, lam_c)
-        ok = sur <= bound
-        if recover:  # π_k infeasible: feasible constraints stay so, violated ones decrease
-            ok = np.where(a.cost_value > bound, sur < a.cost_value, ok)
-        trusted = st.verify_max_kl <= 0 or kl <= st.verify_max_kl  # the ratio estimator's range
-        if np.all(ok) and np.all(np.isfinite(sur)) and trusted:
+        if acceptable(sur, kl, a.cost_value, bound, st):
             return new, sur, kl, k, True
     sur0, _ = surrogate_cost(policy_k, policy_k, obs, act, logp_k, a, lam_c)
     return policy_k, sur0, 0.0, st.max_backoffs + 1, False
@@ -292,7 +305,8 @@ def adapt_batch(
         logp_k = torch.stack([lp.log_prob(obs[i], act[i]) for i, lp in enumerate(learners)])
     bound = cost_limit + delta - st.verify_margin
     if st.dual == "bisection":
-        sols, new = bisect_dual(learners, obs, act, logp_k, mask, advs, probs, sols, bound, st, rng)
+        batch = PaddedBatch(obs, act, logp_k, mask)
+        sols, new = bisect_dual(learners, batch, advs, probs, sols, bound, st, rng)
     else:
         new = project_batch(learners, obs, act, logp_k, _tilt(advs, sols, dev), mask,
                             _eta(sols, dev), st, rng)
@@ -314,12 +328,23 @@ def adapt_batch(
     return results
 
 
+@dataclass
+class PaddedBatch:
+    """The samples of T tasks on the learner device, (T, n, ...) padded to the longest."""
+
+    obs: torch.Tensor
+    act: torch.Tensor
+    logp_k: torch.Tensor  # log π_k(a|s) of each task's own π_k
+    mask: torch.Tensor  # (T, n): 1 on real samples
+
+    def task(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k = int(self.mask[i].sum())
+        return self.obs[i, :k], self.act[i, :k], self.logp_k[i, :k]
+
+
 def bisect_dual(
     learners: list[GaussianPolicy],
-    obs: torch.Tensor,
-    act: torch.Tensor,
-    logp_k: torch.Tensor,
-    mask: torch.Tensor,
+    batch: PaddedBatch,
     advs: list[Advantages],
     probs: list[DualProblem],
     sols: list[DualSolution],
@@ -328,68 +353,88 @@ def bisect_dual(
     rng: np.random.Generator,
 ) -> tuple[list[DualSolution], list[GaussianPolicy]]:
     """SPEC §2.4 step 2, the alternative to the sample dual: per task, the smallest
-    μ = s·direction (s ≥ 0) whose projected policy meets its own constraint surrogate.
+    μ = s·direction (s ≥ 0) whose *projected* policy passes the acceptance rule of
+    verification (`acceptable`: surrogate bound, KL cap, finiteness, recovery).
 
-    The direction is the sample dual's μ (all ones when it is zero), so for p = 1 this is
-    a search over μ itself. s = 0 is tried first; otherwise the bracket starts at the
-    sample dual's scale and doubles until the projection is feasible, then bisection in
-    log s narrows it. Every probe is one batched projection of the tasks still searching.
-    Returns the solutions at the chosen μ and the projected policies (to be verified).
+    For p = 1 this is a search over μ itself; for p > 1 it is a one-dimensional search
+    along a ray: the sample dual's μ plus the constraints that the s = 0 projection
+    breaks. s = 0 is probed first; then from the sample dual's scale (else the scale
+    `solve_dual` brackets from) s doubles while infeasible or halves while feasible,
+    until an infeasible and a feasible scale bracket the boundary (at most
+    `bisect_iters` probes), and `bisect_iters` bisections in log s narrow it. Each probe
+    is one batched projection of the tasks still searching. Where the sample dual is
+    infeasible, its own μ is probed once. Returns the solutions at the chosen μ and the
+    projections made with exactly those μ (verification still follows).
     """
-    dev = obs.device
-    n_tasks, p = len(advs), len(bound)
-    dirs = [s.mu / s.mu.max() if s.mu.max() > 0 else np.ones(p) for s in sols]
-    sample_scale = [float(s.mu.max()) for s in sols]
+    dev, n_tasks = batch.obs.device, len(advs)
 
-    def probe(idx: list[int], scales: list[float]) -> tuple[list[GaussianPolicy], list[bool]]:
-        at = [solution_at(probs[i], sc * dirs[i]) for i, sc in zip(idx, scales)]
-        pols = project_batch([learners[i] for i in idx], obs[idx], act[idx], logp_k[idx],
-                             _tilt([advs[i] for i in idx], at, dev), mask[idx], _eta(at, dev), st, rng)
-        ok = []
+    Probe = tuple[list[GaussianPolicy], list[np.ndarray], list[bool]]
+
+    def probe(idx: list[int], mus: list[np.ndarray]) -> Probe:
+        """Project tasks `idx` with multipliers `mus`: policies, surrogates, acceptance."""
+        at = [solution_at(probs[i], mu) for i, mu in zip(idx, mus)]
+        n = batch.obs.shape[1]
+        pols = project_batch([learners[i] for i in idx], batch.obs[idx], batch.act[idx], batch.logp_k[idx],
+                             _tilt([advs[i] for i in idx], at, dev, n), batch.mask[idx], _eta(at, dev), st,
+                             rng)
+        surs, oks = [], []
         for j, i in enumerate(idx):
-            k = int(mask[i].sum())
-            sur, _ = surrogate_cost(pols[j], learners[i], obs[i, :k], act[i, :k], logp_k[i, :k], advs[i],
-                                    probs[i].lam_c)
-            ok.append(bool(np.all(sur <= bound)))
-        return pols, ok
+            sur, kl = surrogate_cost(pols[j], learners[i], *batch.task(i), advs[i], probs[i].lam_c)
+            surs.append(sur)
+            oks.append(acceptable(sur, kl, advs[i].cost_value, bound, st))
+        return pols, surs, oks
 
     everyone = list(range(n_tasks))
-    pols, ok = probe(everyone, [0.0] * n_tasks)
-    lo, hi = [0.0] * n_tasks, [0.0 if o else np.inf for o in ok]
-    best = list(pols)  # the projection at hi (at the largest probe while hi is unknown)
-    scale = [sample_scale[i] if sample_scale[i] > 0 else st.lam / max(float(probs[i].lam_c.max()), 1e-12)
-             for i in everyone]
-    for _ in range(st.bisect_iters + 1):  # bracket: grow s until the projection is feasible
-        idx = [i for i in everyone if hi[i] == np.inf]
+    p = len(bound)
+    pols, surs, oks = probe(everyone, [np.zeros(p)] * n_tasks)
+    chosen = [0.0] * n_tasks  # the scale of `out[i]`
+    out = list(pols)
+    dirs, lo, hi, scale = [np.zeros(p)] * n_tasks, [0.0] * n_tasks, [np.inf] * n_tasks, [0.0] * n_tasks
+    searching = []
+    for i in everyone:
+        if oks[i]:
+            hi[i] = 0.0
+            continue
+        mu = sols[i].mu
+        d = mu / mu.max() if mu.max() > 0 else np.zeros(p)
+        d = np.maximum(d, (surs[i] > bound).astype(np.float64))  # the constraints the free step breaks
+        dirs[i] = d / d.max() if d.max() > 0 else np.ones(p)
+        lam_c = float(probs[i].lam_c.max())
+        scale[i] = float(mu.max()) if mu.max() > 0 else (max(st.lam / lam_c, 1e-3) if lam_c > 0 else 1.0)
+        searching.append(i)
+    for _ in range(st.bisect_iters):  # bracket: double while infeasible, halve while feasible
+        idx = [i for i in searching if lo[i] == 0 or hi[i] == np.inf]
         if not idx:
             break
-        pols, ok = probe(idx, [scale[i] for i in idx])
+        pols, _, oks = probe(idx, [scale[i] * dirs[i] for i in idx])
         for j, i in enumerate(idx):
-            best[i] = pols[j]
-            if ok[j]:
+            if oks[j] or hi[i] == np.inf:  # keep the smallest feasible probe, else the latest
+                out[i], chosen[i] = pols[j], scale[i]
+            if sols[i].infeasible:  # no μ meets even the sample constraint: verification decides
+                searching.remove(i)
+            elif oks[j]:
                 hi[i] = scale[i]
-            elif sols[i].infeasible:  # no μ meets even the sample constraint: verify decides
-                hi[i] = -1.0
             else:
-                lo[i], scale[i] = scale[i], 2 * scale[i]
-    for _ in range(st.bisect_iters):  # bisection between an infeasible lo and a feasible hi
-        idx = [i for i in everyone if 0 < hi[i] < np.inf]
+                lo[i] = scale[i]
+            scale[i] = scale[i] / 2 if lo[i] == 0 else scale[i] * 2
+    for _ in range(st.bisect_iters):  # bisection in log s between an infeasible lo and a feasible hi
+        idx = [i for i in searching if 0 < lo[i] < hi[i] < np.inf]
         if not idx:
             break
-        mid = [np.sqrt(lo[i] * hi[i]) if lo[i] > 0 else hi[i] / 2 for i in idx]
-        pols, ok = probe(idx, mid)
+        mid = [float(np.sqrt(lo[i] * hi[i])) for i in idx]
+        pols, _, oks = probe(idx, [m * dirs[i] for m, i in zip(mid, idx)])
         for j, i in enumerate(idx):
-            if ok[j]:
-                hi[i], best[i] = mid[j], pols[j]
+            if oks[j]:
+                hi[i], out[i], chosen[i] = mid[j], pols[j], mid[j]
             else:
                 lo[i] = mid[j]
-    chosen = [hi[i] if 0 <= hi[i] < np.inf else scale[i] for i in everyone]  # none feasible: verify decides
-    return [solution_at(probs[i], chosen[i] * dirs[i]) for i in everyone], best
+    return [solution_at(probs[i], chosen[i] * dirs[i]) for i in everyone], out
 
 
-def _tilt(advs: list[Advantages], sols: list[DualSolution], dev: torch.device) -> torch.Tensor:
-    """B = A − Σ_i u_i A_{c_i} per task, padded (u = κμ, the slides' scaling)."""
-    return _padded([a.adv - a.cost_adv @ sol.u for a, sol in zip(advs, sols)], dev)
+def _tilt(advs: list[Advantages], sols: list[DualSolution], dev: torch.device,
+          n: int | None = None) -> torch.Tensor:
+    """B = A − Σ_i u_i A_{c_i} per task, padded to n (u = κμ, the slides' scaling)."""
+    return _padded([a.adv - a.cost_adv @ sol.u for a, sol in zip(advs, sols)], dev, n)
 
 
 def _eta(sols: list[DualSolution], dev: torch.device) -> torch.Tensor:
@@ -405,9 +450,9 @@ def _zeroed(a: Advantages) -> Advantages:
     return Advantages(np.zeros_like(a.adv), np.zeros_like(a.cost_adv), np.nan_to_num(a.cost_value), a.kappa)
 
 
-def _padded(arrays: list[np.ndarray], dev: torch.device) -> torch.Tensor:
-    """Stack per-task arrays (n_i, ...) into (T, max n_i, ...) float32, zero-padded."""
-    n = max(len(a) for a in arrays)
+def _padded(arrays: list[np.ndarray], dev: torch.device, n: int | None = None) -> torch.Tensor:
+    """Stack per-task arrays (n_i, ...) into (T, n or max n_i, ...) float32, zero-padded."""
+    n = max(len(a) for a in arrays) if n is None else n
     out = np.zeros((len(arrays), n, *arrays[0].shape[1:]), np.float32)
     for i, a in enumerate(arrays):
         out[i, : len(a)] = a

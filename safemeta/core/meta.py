@@ -70,7 +70,7 @@ class SafeMetaConfig(CommonConfig):
     dual: str = param(
         "sample",
         "adaptation multipliers: the batch-normalised sample dual (SPEC §2.2), or 'bisection' "
-        "on the projected policy's own surrogate (SPEC §2.4; about 1 + 2·bisect_iters projections)",
+        "on the projected policy's own surrogate (SPEC §2.4; at most 1 + 2·bisect_iters projections)",
         choices=("sample", "bisection"),
     )
     bisect_iters: int = param(8, "dual=bisection: bracket doublings and bisection halvings", low=1, high=50)
