@@ -43,16 +43,16 @@ def param(
 class CommonConfig:
     """Fields every algorithm shares."""
 
-    seed: int = param(0, "root seed; every generator is derived from it", low=0)
+    seed: int = param(0, "root seed; every generator is derived from it", low=0, high=2**32 - 1)
     device: str = param("cpu", "torch device for learners", choices=("cpu", "cuda"))
-    iterations: int = param(100, "meta-training iterations", low=0)
+    iterations: int = param(100, "meta-training iterations", low=0, high=10**7)
     meta_batch: int = param(10, "training tasks per meta-iteration", low=1, high=10_000)
     val_tasks: int = param(10, "validation tasks for the meta-training curves", low=1, high=10_000)
-    eval_every: int = param(1, "evaluate on validation tasks every N iterations", low=1)
+    eval_every: int = param(1, "evaluate on validation tasks every N iterations", low=1, high=10**7)
     test_tasks: int = param(20, "held-out test tasks in meta-test", low=1, high=10_000)
     test_steps: int = param(20, "adaptation steps per test task in meta-test", low=0, high=10_000)
-    checkpoint_every: int = param(10, "write a checkpoint every N iterations", low=1)
-    keep_checkpoints: int = param(3, "how many checkpoints to keep", low=1)
+    checkpoint_every: int = param(10, "write a checkpoint every N iterations", low=1, high=10**7)
+    keep_checkpoints: int = param(3, "how many checkpoints to keep", low=1, high=10**4)
 
 
 def field_docs(cls: type) -> dict[str, str]:

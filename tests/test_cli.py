@@ -163,6 +163,9 @@ def test_task_file_sets_the_test_tasks_and_test_reproduces_them_exactly(tmp_path
         ('{"val": []}', "'val' must be a non-empty list of tasks"),
         ('[3]', "test task 0: task: got int"),
         ("nope", "not JSON"),
+        ("[" * 100_000, "not JSON"),
+        ('[{"goal_x": true, "goal_y": 4}]', "goal_x: got True; accepted a number"),
+        (f'[{{"goal_x": {10**400}}}]', "goal_x: got an integer of 401 digits"),
     ],
 )
 def test_bad_task_file_exits_2_with_one_line_before_any_work(tmp_path: Path, text: str, match: str) -> None:
@@ -180,3 +183,34 @@ def test_task_file_of_another_run_is_refused_on_resume(tmp_path: Path) -> None:
     other = _write(tmp_path / "t.json", '[{"goal_x": 2, "goal_y": 4, "slip": 0.05}]')
     res = run_cli("train", *TINY, "--task-file", other, "--out", str(out), "--resume")
     assert res.returncode == 2 and "task-file: its test tasks differ from those of the run" in res.stderr
+
+
+def test_a_split_the_task_file_leaves_out_is_sampled_as_without_the_file(tmp_path: Path) -> None:
+    assert main(["train", *TINY, "--out", str(tmp_path / "plain")]) == 0
+    plain = yaml.safe_load((tmp_path / "plain" / "tasks.json").read_text())
+    for given, kept in (("val", "test"), ("test", "val")):
+        task = '{"goal_x": 1, "goal_y": 4, "slip": 0.0}'
+        path = _write(tmp_path / f"{given}.json", f'{{"{given}": [{task}]}}')
+        out = tmp_path / f"with-{given}"
+        assert main(["train", *TINY, "--task-file", path, "--out", str(out)]) == 0
+        tasks = yaml.safe_load((out / "tasks.json").read_text())
+        assert tasks[kept] == plain[kept] and tasks[given] != plain[given]
+
+
+def test_missing_task_field_without_a_default_is_named(tmp_path: Path) -> None:
+    res = run_cli("train", "--env", "halfcheetah-vel", "--task-file", _write(tmp_path / "t.json", "[{}]"),
+                  "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "test task 0: task: missing field(s) ['target_velocity']" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_test_command_task_file_errors_are_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    val_only = _write(tmp_path / "v.json", '{"val": [{"goal_x": 1, "goal_y": 4, "slip": 0.0}]}')
+    one = _write(tmp_path / "one.json", '[{"goal_x": 1, "goal_y": 4, "slip": 0.0}]')
+    for args, match in (([val_only], "has no 'test' tasks"),
+                        ([one, "--tasks", "3"], "--tasks: got 3; the task file holds 1 test task(s)")):
+        res = run_cli("test", str(out), "--task-file", *args)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and match in lines[0], res.stderr

@@ -359,3 +359,18 @@ def test_meta_gradient_step_uses_post_adaptation_data_and_the_meta_policy(monkey
 def test_negative_verify_margin_is_rejected() -> None:
     with pytest.raises(ConfigError, match="^verify_margin: got -5.0; accepted >= 0"):
         build(SafeMetaConfig, {"verify_margin": -5.0})
+
+
+def test_missed_counts_verified_steps_from_a_feasible_policy_that_exceeded_the_limit() -> None:
+    from types import SimpleNamespace
+
+    from safemeta.core.meta import _missed
+
+    limit = np.array([1.0, 2.0])
+    pre = np.array([[0.5, 1.0], [0.5, 1.0], [1.5, 1.0], [0.5, 1.0], [0.5, 2.0]])
+    post = np.array([[1.2, 1.0], [1.2, 1.0], [1.2, 1.0], [0.9, 2.5], [0.9, 1.9]])
+    accepted = [True, False, True, True, True]
+    results = [SimpleNamespace(accepted=a) for a in accepted]
+    # task 0: missed; 1: step rejected (π_k kept); 2: π_k infeasible; 3: missed on cost 2;
+    # 4: within both limits after the step
+    np.testing.assert_array_equal(_missed(pre, post, results, limit), [True, False, False, True, False])

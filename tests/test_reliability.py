@@ -277,7 +277,7 @@ def test_invalid_grid_tasks_raise_value_error_naming_the_parameter(goal_x: int, 
 BAD_TASK_VALUES = st.one_of(
     st.text(max_size=4), st.none(), st.just(float("nan")), st.just(float("inf")), st.floats(-1e9, -1e-3),
     st.floats(1e3, 1e9), st.lists(st.integers(-3, 3), max_size=3),
-    st.dictionaries(st.text(max_size=2), st.none()),
+    st.dictionaries(st.text(max_size=2), st.none()), st.booleans(), st.integers(10**20, 10**400),
 )
 
 
@@ -286,8 +286,9 @@ def corrupted_task(draw) -> tuple[str, dict]:
     """A valid sampled task of a suite with one field replaced by a doubtful value."""
     from safemeta.envs.registry import suite
 
-    env = draw(st.sampled_from(["tabular-grid", "halfcheetah-vel", "humanoid-dir", "point-circle",
-                                "car-circle", "point-button"]))
+    env = draw(st.sampled_from(["tabular-grid", "tabular-random", "halfcheetah-vel", "hopper-vel",
+                                "swimmer-vel", "humanoid-dir", "point-circle", "car-circle",
+                                "point-button"]))
     task = suite(env).sample_tasks(1, np.random.default_rng(draw(st.integers(0, 9))), "test")[0].to_dict()
     key = draw(st.sampled_from(sorted(k for k in task if k != "type")))
     task[key] = draw(BAD_TASK_VALUES)
@@ -308,7 +309,7 @@ def test_impossible_task_parameters_from_a_task_file_exit_2_one_line_no_run_dir(
     try:
         suite(env).task_from_dict(task)
         valid = True
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         valid, reason = False, str(e).splitlines()[0]
     assume(not valid)
     path = tmp_path / f"tasks-{abs(hash(json.dumps(task, default=str)))}.json"

@@ -99,13 +99,14 @@ class SafeMetaConfig(CommonConfig):
         choices=("auto", "gamma"),
     )
     normalize_adv: bool = param(True, "standardise reward advantages per task before the adaptation step")
-    proj_epochs: int = param(10, "projection (SPEC §2.4 step 3): Adam epochs", low=1)
-    proj_minibatches: int = param(4, "projection: minibatches per epoch", low=1)
+    proj_epochs: int = param(10, "projection (SPEC §2.4 step 3): Adam epochs", low=1, high=10**4)
+    proj_minibatches: int = param(4, "projection: minibatches per epoch", low=1, high=10**4)
     proj_lr: float = param(3e-3, "projection: Adam learning rate", low=0, low_open=True, high=10)
     verify_margin: float = param(
         0.0, "verification slack in cost units: accept when surrogate ≤ d + δ − margin", low=0, high=1e9
     )
-    max_backoffs: int = param(10, "verification: halvings of the step before keeping π_k", low=0)
+    max_backoffs: int = param(10, "verification: halvings of the step before keeping π_k", low=0,
+                              high=60)
     verify_recovery: bool = param(
         False, "verification when π_k is infeasible: also accept steps that lower its cost "
         "surrogate without meeting the bound (not verified safe: off by default, SPEC §2.4 step 4)"
@@ -123,10 +124,11 @@ class SafeMetaConfig(CommonConfig):
         choices=("trpo", "first-order"),
     )
     max_kl: float = param(0.01, "outer TRPO step: KL bound", low=0, low_open=True, high=10)
-    cg_iters: int = param(10, "outer TRPO step: conjugate-gradient iterations", low=1)
+    cg_iters: int = param(10, "outer TRPO step: conjugate-gradient iterations", low=1, high=1000)
     cg_damping: float = param(0.1, "outer TRPO step: Fisher damping", low=0, high=1e6)
-    line_search_steps: int = param(10, "outer TRPO step: backtracking halvings", low=1)
-    fvp_states: int = param(4000, "outer TRPO step: states subsampled for Fisher-vector products", low=100)
+    line_search_steps: int = param(10, "outer TRPO step: backtracking halvings", low=1, high=60)
+    fvp_states: int = param(4000, "outer TRPO step: states subsampled for Fisher-vector products",
+                            low=100, high=10**7)
     outer_lr: float = param(1e-3, "first-order outer step: Adam learning rate", low=0, low_open=True, high=10)
     max_grad_norm: float = param(1.0, "first-order outer step: gradient-norm clip",
                                  low=0, low_open=True, high=1e6)
@@ -137,11 +139,12 @@ class SafeMetaConfig(CommonConfig):
     )
     critic_reg: float = param(1e-5, "linear critic: ridge coefficient", low=0, high=1e6)
     critic_lr: float = param(1e-3, "mlp critic: Adam learning rate", low=0, low_open=True, high=10)
-    critic_epochs: int = param(5, "mlp critic: epochs per fit", low=1)
+    critic_epochs: int = param(5, "mlp critic: epochs per fit", low=1, high=10**4)
     eval_episodes: int = param(10, "fresh evaluation episodes per task (validation, meta-test steps)",
                                low=1, high=10_000)
     obs_norm: bool = param(True, "update the observation normaliser from pre-adaptation data")
-    torch_threads: int = param(1, "torch threads for learners (small MLPs run fastest on one)", low=1)
+    torch_threads: int = param(1, "torch threads for learners (small MLPs run fastest on one)",
+                               low=1, high=1024)
 
 
 @contextlib.contextmanager
@@ -165,6 +168,7 @@ class SafeMeta(Algorithm):
         "pre_cost_max",
         "n_violations",
         "n_switch",
+        "n_missed",
         "post_reward",
         "post_cost_max",
         "post_cost_undiscounted",
@@ -438,6 +442,7 @@ class SafeMeta(Algorithm):
     ) -> MetricRow:
         post_cost = post.cost_return(self.cost_type)
         pre_cost = pre.cost_return(self.cost_type)
+        limit = self.cost_limit + self.settings.delta
         row: MetricRow = {
             "phase": "meta_train",
             "iteration": iteration,
@@ -446,8 +451,11 @@ class SafeMeta(Algorithm):
             "pre_reward": float(pre.reward_return().mean()),
             "pre_cost_mean": float(pre_cost[:, 0].mean()),
             "pre_cost_max": float(pre_cost[:, 0].max()),
-            "n_violations": int(np.any(pre_cost > self.cost_limit + self.settings.delta, axis=1).sum()),
+            "n_violations": int(np.any(pre_cost > limit, axis=1).sum()),
             "n_switch": int(violated.any(1).sum()),
+            # verified steps from a feasible π_k whose adapted policy exceeded d + δ on its
+            # own data: how often the sample surrogate of verification was too optimistic
+            "n_missed": int(np.sum(_missed(pre_cost, post_cost, results, limit))),
             "post_reward": float(post.reward_return().mean()),
             "post_cost_max": float(post_cost[:, 0].max()),
             # SPEC §2.4 step 1: both episode costs are reported; the limit binds `cost_type`.
@@ -574,6 +582,13 @@ class SafeMeta(Algorithm):
 
 
 # What each meta-test adaptation step logs (means over tasks; zeros at the last step).
+def _missed(pre_cost: np.ndarray, post_cost: np.ndarray, results: list[AdaptResult],
+            limit: np.ndarray) -> np.ndarray:
+    """(tasks,) bool: π_k within every limit, its step accepted, the adapted policy not."""
+    accepted = np.array([r.accepted for r in results])
+    return np.all(pre_cost <= limit, axis=1) & accepted & np.any(post_cost > limit, axis=1)
+
+
 STEP_LOG = ("u_mean", "eta", "kl", "surrogate_cost", "backoffs", "accept_rate")
 
 

@@ -82,6 +82,12 @@ class Suite(abc.ABC):
                    and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ValueError(f"task: missing field(s) {missing}; {name} needs {sorted(fields)}")
+        for k, v in d.items():  # JSON true/false are not numbers, whatever Python says
+            if isinstance(v, bool) and fields[k].type not in (bool, "bool"):
+                raise ValueError(f"{k}: got {v!r}; accepted a number")
+            if isinstance(v, int) and abs(v) > 1e300:  # JSON integers are unbounded
+                raise ValueError(f"{k}: got an integer of {len(str(abs(v)))} digits; "
+                                 "accepted a finite number")
         args = {k: tuple(map(_tuplify, v)) if isinstance(v, list) else v for k, v in d.items()}
         task = self.task_type(**args)
         task.validate()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import numpy as np
 
 from safemeta.envs.registry import suite, suite_ids
 
@@ -16,7 +19,19 @@ def describe(suite_id: str) -> dict[str, Any]:
         "cost": s.cost_doc, "cost_limit": s.cost_limit, "cost_type": s.cost_type,
         "obs": size(obs), "act": size(act),
         "params": {split: s.param_ranges(split) for split in ("train", "test")},
+        "task_example": _example(s),
     }
+
+
+def _example(s: Any) -> str:
+    """One sampled test task as `--task-file` takes it (floats to 3 decimals)."""
+    def short(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 3)
+        return [short(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    task = s.sample_tasks(1, np.random.default_rng(0), "test")[0].to_dict()
+    return json.dumps({k: short(v) for k, v in task.items() if k != "type"})
 
 
 def print_envs() -> None:
@@ -33,4 +48,5 @@ def print_envs() -> None:
         for split, ranges in d["params"].items():
             txt = ", ".join(f"{p.name} in [{p.low:g}, {p.high:g}]" for p in ranges)
             print(f"  {split:5s}: {txt}")
+        print(f"  a task (--task-file): {d['task_example']}")
         print()

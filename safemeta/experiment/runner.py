@@ -112,8 +112,8 @@ def read_task_file(suite: Suite, path: str | Path) -> dict[str, list[Task]]:
         data = json.loads(Path(path).read_text())
     except OSError as e:
         raise C.ConfigError(f"{where}: cannot read: {e.strerror}") from None
-    except ValueError as e:
-        raise C.ConfigError(f"{where}: not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:
+        raise C.ConfigError(f"{where}: not JSON: {str(e) or type(e).__name__}") from None
     if isinstance(data, list):
         data = {"test": data}
     if not isinstance(data, dict) or not data or set(data) - {"val", "test"}:
@@ -128,7 +128,7 @@ def read_task_file(suite: Suite, path: str | Path) -> dict[str, list[Task]]:
         for i, d in enumerate(items):
             try:
                 tasks.append(suite.task_from_dict(d))
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, OverflowError) as e:
                 raise C.ConfigError(f"{where}: {split} task {i}: {str(e).splitlines()[0]}") from None
         out[split] = tasks
     return out

@@ -29,7 +29,7 @@ from safemeta.tabular.theory import theory_params
 
 @dataclass
 class TabularSafeMetaConfig(CommonConfig):
-    iterations: int = param(150, "meta-training iterations", low=0)
+    iterations: int = param(150, "meta-training iterations", low=0, high=10**7)
     lam: float = param(0.5, "λ: KL weight in the objective (SPEC §2.1)", low=1e-6, high=1e6)
     lam_c: float = param(5.0, "λ_c: KL weight in every cost constraint (SPEC §2.1)", low=0.0, high=1e6)
     delta: float = param(0.0, "δ: slack on every limit; 0 = safety guaranteed (SPEC §2.5)", low=0.0,
