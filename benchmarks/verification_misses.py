@@ -1,0 +1,81 @@
+"""How often does a verified adaptation step from a feasible π_k exceed the limit, and
+how much of that is the noise of judging a policy from a few episodes?
+
+For a trained run (its latest checkpoint), on fresh training tasks, repeatedly:
+collect π_k's episodes (the "pre" sample), take one safe adaptation step, then collect
+the adapted policy's own episodes ("post") and, as a control, a second independent
+sample of π_k itself ("null step"). Where the pre sample says π_k is within the limit:
+
+    missed rate = P(post cost > d | step accepted)        (what `n_missed` counts)
+    noise rate  = P(second π_k sample > d)                (a step that changes nothing)
+
+A missed rate near the noise rate means the verification is as good as the episode
+budget lets anyone judge; a higher one means the surrogate is too optimistic.
+
+    python benchmarks/verification_misses.py RUN_DIR [--rounds 10] [--episodes N]
+                                             [--set verify_max_kl=0.03 ...]
+
+`--set` changes a field of the adaptation settings (verify_margin, verify_max_kl,
+max_backoffs, proj_epochs, dual, ...) for this measurement only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--rounds", type=int, default=10, help="meta-batches of fresh training tasks")
+    ap.add_argument("--episodes", type=int, default=None, help="episodes per sample (default: the run's)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+
+    from safemeta.experiment.runner import Run, load_run
+
+    r, payload = load_run(args.run_dir)
+    root = np.random.SeedSequence(r.cfg.seed)
+    task_seq, algo_seq = root.spawn(2)
+    algo = r.algo_cls(r.cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
+    algo.load_state_dict(payload["algo"])
+    algo.rng = np.random.default_rng(12345)  # fresh tasks, not the training stream
+    for item in args.sets:
+        key, value = item.split("=", 1)
+        old = getattr(algo.settings, key)  # AttributeError names an unknown field
+        setattr(algo.settings, key, type(old)(value))
+    episodes = args.episodes or r.cfg.episodes_per_task
+    limit = algo.cost_limit + algo.settings.delta
+    counts = dict(feasible=0, accepted=0, missed=0, noise=0, pre_margin=[])
+    t0 = time.perf_counter()
+    for k in range(args.rounds):
+        tasks = r.suite.sample_tasks(r.cfg.meta_batch, algo.rng, "train")
+        times: dict[str, float] = {}
+        base = [algo.policy] * len(tasks)
+        pre = algo._timed_collect(tasks, base, episodes, times)
+        results = algo._adapt(pre, base, times)
+        post = algo._timed_collect(tasks, [res.policy for res in results], episodes, times)
+        again = algo._timed_collect(tasks, base, episodes, times)
+        pre_c, post_c, again_c = (x.cost_return(algo.cost_type) for x in (pre, post, again))
+        feasible = np.all(pre_c <= limit, axis=1)
+        accepted = np.array([res.accepted for res in results])
+        counts["feasible"] += int(feasible.sum())
+        counts["accepted"] += int((feasible & accepted).sum())
+        counts["missed"] += int((feasible & accepted & np.any(post_c > limit, axis=1)).sum())
+        counts["noise"] += int((feasible & np.any(again_c > limit, axis=1)).sum())
+        print(f"round {k + 1}/{args.rounds}: {time.perf_counter() - t0:.0f} s", flush=True)
+    f, a = counts["feasible"], counts["accepted"]
+    print(f"\n{args.run_dir} ({r.spec.env}), {episodes} episodes per sample, limit {limit[0]:g}, "
+          f"settings changed: {args.sets or 'none'}")
+    print("| tasks with π_k feasible (pre sample) | steps accepted | missed rate | noise rate (null step) |")
+    print("|---|---|---|---|")
+    print(f"| {f} | {a} | {counts['missed'] / max(a, 1):.3f} ({counts['missed']}/{a}) | "
+          f"{counts['noise'] / max(f, 1):.3f} ({counts['noise']}/{f}) |")
+
+
+if __name__ == "__main__":
+    main()
