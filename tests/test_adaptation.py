@@ -12,7 +12,15 @@ import torch
 from scipy.optimize import brentq, minimize
 from scipy.special import logsumexp
 
-from safemeta.core.adaptation import AdaptSettings, Advantages, adapt_step, project, surrogate_cost, verify
+from safemeta.core.adaptation import (
+    AdaptSettings,
+    Advantages,
+    adapt_step,
+    project,
+    surrogate_cost,
+    task_advantages,
+    verify,
+)
 from safemeta.core.dual import DualProblem, solve_dual
 from safemeta.nn.policy import GaussianPolicy
 from safemeta.rollout.buffer import Rollout
@@ -404,3 +412,29 @@ def test_time_limit_bootstrap_uses_the_value_at_the_horizon() -> None:
                                atol=1e-5)
     raw_cost = roll.cost[:, 0] + gamma * 2 * (roll.t + 1) - 2 * roll.t
     np.testing.assert_allclose(a.cost_adv[:, 0], raw_cost - raw_cost.mean(), atol=1e-5)
+
+
+def test_verify_confidence_adds_z_standard_errors_of_the_episode_cost() -> None:
+    """The surrogate of π_k itself is Ĵ_c + z·std(episode costs)/√episodes; with room for one
+    standard error, z = 2 accepts only a step whose estimated cost is lower by one SE."""
+    policy = bandit_policy(np.log(0.5))
+    roll = one_task_rollout(policy)
+    ep = roll.ep_cost[0][:, 0]
+    se = ep.std(ddof=1) / np.sqrt(len(ep))
+    obs, act = torch.as_tensor(roll.obs), torch.as_tensor(roll.act)
+    with torch.no_grad():
+        logp_k = policy.log_prob(obs, act)
+    for z in (0.0, 2.0):
+        st = AdaptSettings(verify_confidence=z, normalize_adv=False)
+        a = task_advantages(roll, ZeroCritic(), policy, st)
+        assert np.asarray(a.cost_ucb) == pytest.approx(z * se, rel=1e-12)
+        sur, _ = surrogate_cost(policy, policy, obs, act, logp_k, a, np.array([1.0]))
+        assert sur[0] == pytest.approx(ep.mean() + z * se, rel=1e-9)
+    limit = np.array([ep.mean() + se])  # room for one standard error
+    res = {z: adapt_step(policy, roll, ZeroCritic(), limit,
+                         AdaptSettings(lam=1.0, lam_c=1.0, normalize_adv=False, verify_confidence=z),
+                         np.random.default_rng(0)) for z in (0.0, 2.0)}
+    assert all(r.accepted and r.surrogate[0] <= limit[0] for r in res.values())
+    # at z = 2 π_k itself fails, so the accepted step must lower the estimated cost by ≥ 1 SE
+    estimate = {z: r.surrogate[0] - z * se for z, r in res.items()}
+    assert estimate[2.0] <= ep.mean() - se + 1e-9 < estimate[0.0]

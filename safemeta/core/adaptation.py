@@ -52,6 +52,7 @@ class AdaptSettings:
     max_backoffs: int = 10
     verify_recovery: bool = True  # π_k infeasible: accept steps whose surrogate lowers the cost
     verify_max_kl: float = 0.1  # also back off while E_s[KL(π‖π_k)] exceeds this; 0 disables
+    verify_confidence: float = 0.0  # z: add z·(standard error of Ĵ_c over episodes) to the surrogate
     critic_reg: float = 1e-5
     device: str = "cpu"
 
@@ -66,6 +67,7 @@ class Advantages:
     cost_adv: np.ndarray  # (n, p) cost advantages (centred)
     cost_value: np.ndarray  # (p,) J_c(π_k), of the declared type
     kappa: float
+    cost_ucb: np.ndarray | float = 0.0  # (p,) z·SE(Ĵ_c): the surrogate's confidence term
 
 
 @dataclass
@@ -134,7 +136,11 @@ def task_advantages(roll: Rollout, critic, policy: GaussianPolicy, st: AdaptSett
     if st.normalize_adv:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     cost_adv = cost_adv - cost_adv.mean(0)  # so the surrogate equals Ĵ_c at π_k exactly
-    return Advantages(adv, cost_adv, roll.cost_return(st.cost_type)[0], kappa_of(roll, st))
+    ucb = 0.0
+    if st.verify_confidence > 0:  # episode costs are independent: SE of their mean
+        ep = (roll.ep_cost if st.cost_type == "undiscounted" else roll.ep_disc_cost)[0]
+        ucb = st.verify_confidence * ep.std(0, ddof=1) / np.sqrt(len(ep)) if len(ep) > 1 else 0.0
+    return Advantages(adv, cost_adv, roll.cost_return(st.cost_type)[0], kappa_of(roll, st), ucb)
 
 
 def kappa_of(roll: Rollout, st: AdaptSettings) -> float:
@@ -154,13 +160,14 @@ def surrogate_cost(
     a: Advantages,
     lam_c: np.ndarray,
 ) -> tuple[np.ndarray, float]:
-    """J_c + κ Ê[(π/π_k) A_c] + λ_c E_s[KL(π‖π_k)] (SPEC §2.1 constraint; §2.4 step 4)."""
+    """J_c + κ Ê[(π/π_k) A_c] + λ_c E_s[KL(π‖π_k)] (SPEC §2.1 constraint; §2.4 step 4),
+    plus the confidence term z·SE(Ĵ_c) when `verify_confidence` > 0."""
     with torch.no_grad():
         mean, log_std = policy(obs)
         ratio = torch.exp(policy.log_prob(obs, act) - logp_k).double().cpu().numpy()
         mean_k, log_std_k = ref(obs)
         kl = float(gaussian_kl(mean, log_std, mean_k, log_std_k).mean())
-    return a.cost_value + a.kappa * (ratio @ a.cost_adv) / len(ratio) + lam_c * kl, kl
+    return a.cost_value + a.cost_ucb + a.kappa * (ratio @ a.cost_adv) / len(ratio) + lam_c * kl, kl
 
 
 def project(
@@ -290,8 +297,8 @@ def adapt_batch(
     lam_c = np.broadcast_to(np.asarray(st.lam_c, np.float64), (p,))
     delta = np.broadcast_to(np.asarray(st.delta, np.float64), (p,))
     t1 = time.perf_counter()
-    probs = [DualProblem(a.adv, a.cost_adv, a.cost_value, cost_limit, st.lam, lam_c, delta, a.kappa)
-             for a in advs]
+    probs = [DualProblem(a.adv, a.cost_adv, a.cost_value + a.cost_ucb, cost_limit, st.lam, lam_c, delta,
+                         a.kappa) for a in advs]
     sols = [solve_dual(prob) for prob in probs]
     t2 = time.perf_counter()
     dev = torch.device(st.device)

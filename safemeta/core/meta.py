@@ -118,6 +118,13 @@ class SafeMetaConfig(CommonConfig):
         low=0,
         high=1e3,
     )
+    verify_confidence: float = param(
+        0.0,
+        "verification: add z·(standard error of Ĵ_c over π_k's episodes) to the cost surrogate, "
+        "an upper confidence bound for sparse, noisy costs; 0 disables",
+        low=0,
+        high=10,
+    )
     outer_step: str = param(
         "trpo",
         "meta-policy step: TRPO natural gradient with KL bound, or first-order clipped",
@@ -261,6 +268,7 @@ class SafeMeta(Algorithm):
             max_backoffs=c.max_backoffs,
             verify_recovery=c.verify_recovery,
             verify_max_kl=c.verify_max_kl,
+            verify_confidence=c.verify_confidence,
             critic_reg=c.critic_reg,
             device=c.device,
         )
