@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from bandit import ZeroCritic, one_task_rollout
 from scipy.optimize import brentq, minimize
 from scipy.special import logsumexp
 
@@ -23,7 +24,6 @@ from safemeta.core.adaptation import (
 )
 from safemeta.core.dual import DualProblem, solve_dual
 from safemeta.nn.policy import GaussianPolicy
-from safemeta.rollout.buffer import Rollout
 
 # ---- the sample dual on a one-state, many-action problem --------------------------------
 K = 6
@@ -237,37 +237,6 @@ def test_verification_recovery_accepts_only_cost_lowering_steps() -> None:
         shifted(policy, -0.2), policy, obs, act, logp_k, a, st, np.array([1.0]), bound
     )
     assert not ok_up and ok_down and sur[0] < 1.0
-
-
-def one_task_rollout(policy: GaussianPolicy, n: int = 4000, horizon: int = 10) -> Rollout:
-    """A bandit-like rollout: obs 0, reward −(a − 0.6)², cost a² per step."""
-    obs = np.zeros((n, 1), np.float32)
-    act, logp = policy.sample(obs, torch.Generator().manual_seed(5))
-    t = np.tile(np.arange(horizon), n // horizon)
-    trunc = t == horizon - 1
-    cost = act.astype(np.float64) ** 2
-    ep = cost.reshape(-1, horizon).sum(1, keepdims=True)
-    return Rollout(
-        obs=obs,
-        act=act,
-        logp=logp,
-        reward=-((act[:, 0] - 0.6) ** 2),
-        cost=cost,
-        t=t,
-        terminated=np.zeros(n, bool),
-        truncated=trunc,
-        final_obs=np.zeros((trunc.sum(), 1), np.float32),
-        slices=[slice(0, n)],
-        ep_return=[np.zeros(n // horizon)],
-        ep_cost=[ep],
-        ep_disc_cost=[ep],
-        ep_length=[np.full(n // horizon, horizon)],
-    )
-
-
-class ZeroCritic:
-    def predict(self, obs: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return np.zeros((len(obs), 2))
 
 
 def test_adapt_step_never_returns_an_unverified_policy(monkeypatch: pytest.MonkeyPatch) -> None:

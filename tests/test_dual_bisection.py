@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from bandit import ZeroCritic, one_task_rollout
 from scipy.optimize import brentq
 
 from safemeta.core.adaptation import (
@@ -27,7 +28,6 @@ from safemeta.core.adaptation import (
 )
 from safemeta.core.dual import DualProblem, solution_at, solve_dual
 from safemeta.nn.policy import GaussianPolicy
-from safemeta.rollout.buffer import Rollout
 
 S0, R, KAPPA, LAM, LAM_C, JC = 0.5, 1.0, 2.0, 1.0, 1.0, 1.0
 N = 8000
@@ -212,26 +212,6 @@ def test_tasks_of_different_lengths_search_independently(monkeypatch) -> None:
     assert sols[1].mu[0] == pytest.approx(sol_alone[0].mu[0], rel=1e-3)
 
 
-def rollout(policy: GaussianPolicy, n: int = 4000, horizon: int = 10) -> Rollout:
-    """Bandit-like: obs 0, reward −(a − 0.6)², cost a² per step."""
-    obs = np.zeros((n, 1), np.float32)
-    act, logp = policy.sample(obs, torch.Generator().manual_seed(5))
-    t = np.tile(np.arange(horizon), n // horizon)
-    trunc = t == horizon - 1
-    cost = act.astype(np.float64) ** 2
-    ep = cost.reshape(-1, horizon).sum(1, keepdims=True)
-    return Rollout(obs=obs, act=act, logp=logp, reward=-((act[:, 0] - 0.6) ** 2), cost=cost, t=t,
-                   terminated=np.zeros(n, bool), truncated=trunc,
-                   final_obs=np.zeros((trunc.sum(), 1), np.float32),
-                   slices=[slice(0, n)], ep_return=[np.zeros(n // horizon)], ep_cost=[ep], ep_disc_cost=[ep],
-                   ep_length=[np.full(n // horizon, horizon)])
-
-
-class ZeroCritic:
-    def predict(self, obs: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return np.zeros((len(obs), 2))
-
-
 @pytest.mark.parametrize("kl_cap", [0.1, 0.0], ids=["kl-cap-binds", "cost-binds"])
 def test_bisection_needs_no_back_off_where_the_sample_dual_is_too_loose(kl_cap: float) -> None:
     """Here the sample dual says the free step (μ = 0) is feasible, but its projection
@@ -240,7 +220,7 @@ def test_bisection_needs_no_back_off_where_the_sample_dual_is_too_loose(kl_cap: 
     larger accepted step."""
     torch.manual_seed(0)
     policy = GaussianPolicy(1, 1, hidden=[8], init_log_std=float(np.log(0.5)))
-    roll = rollout(policy)
+    roll = one_task_rollout(policy)
     limit = np.array([float(roll.ep_cost[0].mean())])
     out = {}
     for dual in ("sample", "bisection"):
