@@ -232,11 +232,22 @@ def bad_value(key: str) -> st.SearchStrategy[str]:
     return numeric_bad
 
 
+def _all_config_fields() -> set[str]:
+    import dataclasses
+
+    from safemeta.algos import _ALGOS, algorithm
+
+    return {f.name for a, fam in _ALGOS for f in dataclasses.fields(algorithm(a, fam).Config)}
+
+
+ALL_FIELDS = _all_config_fields()
+
+
 @st.composite
 def bad_override(draw) -> str:
-    if draw(st.booleans()):
+    if draw(st.booleans()):  # an unknown key: never the name of any algorithm's field
         key = draw(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(
-            lambda k: k not in KEYS + ["eval_every"]))
+            lambda k: k not in ALL_FIELDS))
         return f"{key}=1"
     key = draw(st.sampled_from(KEYS))
     return f"{key}={draw(bad_value(key))}"
