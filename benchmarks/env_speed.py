@@ -46,7 +46,7 @@ def batch_rate(suite_id: str, steps: int, batch: int) -> float:
     envs = [suite.make(t) for t in suite.sample_tasks(batch, np.random.default_rng(0))]
     benv = BatchEnv(envs, suite.horizon, suite.num_costs)
     rng = np.random.default_rng(1)
-    benv.start(np.full(batch, 10**9), rng)
+    benv.start(np.full(batch, 10**9), [rng] * batch)
     n_calls = max(1, steps // batch)
     acts = rng.uniform(-1, 1, (n_calls, batch, envs[0].action_space.shape[0])).astype(np.float32)
     t0 = time.perf_counter()

@@ -15,8 +15,8 @@ budget lets anyone judge; a higher one means the surrogate is too optimistic.
     python benchmarks/verification_misses.py RUN_DIR [--rounds 10] [--episodes N]
                                              [--set verify_max_kl=0.03 ...]
 
-`--set` changes a field of the adaptation settings (verify_margin, verify_max_kl,
-max_backoffs, proj_epochs, dual, ...) for this measurement only.
+`--set` changes a config field of the run (verify_margin, verify_max_kl, max_backoffs,
+proj_epochs, dual, ...) for this measurement only.
 """
 
 from __future__ import annotations
@@ -36,33 +36,30 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
 
+    from safemeta import config as C
     from safemeta.experiment.runner import Run, load_run
 
     r, payload = load_run(args.run_dir)
-    root = np.random.SeedSequence(r.cfg.seed)
+    cfg = C.build(type(r.cfg), C.to_dict(r.cfg), C.parse_overrides(args.sets))
+    root = np.random.SeedSequence(cfg.seed)
     task_seq, algo_seq = root.spawn(2)
-    algo = r.algo_cls(r.cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
+    algo = r.algo_cls(cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
     algo.load_state_dict(payload["algo"])
     algo.rng = np.random.default_rng(12345)  # fresh tasks, not the training stream
-    for item in args.sets:
-        key, value = item.split("=", 1)
-        old = getattr(algo.settings, key)  # AttributeError names an unknown field
-        setattr(algo.settings, key, type(old)(value))
-    episodes = args.episodes or r.cfg.episodes_per_task
-    limit = algo.cost_limit + algo.settings.delta
+    episodes = args.episodes or cfg.episodes_per_task
+    limit = algo.cost_limit + algo.relaxation()
     counts = dict(feasible=0, accepted=0, missed=0, noise=0, pre_margin=[])
     t0 = time.perf_counter()
     for k in range(args.rounds):
         tasks = r.suite.sample_tasks(r.cfg.meta_batch, algo.rng, "train")
-        times: dict[str, float] = {}
-        base = [algo.policy] * len(tasks)
-        pre = algo._timed_collect(tasks, base, episodes, times)
-        results = algo._adapt(pre, base, times)
-        post = algo._timed_collect(tasks, [res.policy for res in results], episodes, times)
-        again = algo._timed_collect(tasks, base, episodes, times)
+        base = algo.meta_policies(len(tasks))
+        pre = algo.collect(tasks, base, episodes)
+        adapted = algo.adapt(pre, base)
+        post = algo.collect(tasks, adapted, episodes)
+        again = algo.collect(tasks, base, episodes)
         pre_c, post_c, again_c = (x.cost_return(algo.cost_type) for x in (pre, post, again))
         feasible = np.all(pre_c <= limit, axis=1)
-        accepted = np.array([res.accepted for res in results])
+        accepted = np.array([a.log["accept_rate"] == 1.0 for a in adapted])
         counts["feasible"] += int(feasible.sum())
         counts["accepted"] += int((feasible & accepted).sum())
         counts["missed"] += int((feasible & accepted & np.any(post_c > limit, axis=1)).sum())

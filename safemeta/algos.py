@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from safemeta.config import ConfigError
-from safemeta.experiment.algorithm import Algorithm
+from safemeta.algorithm import Algorithm
 
 _ALGOS: dict[tuple[str, str], str] = {
     ("safemeta", "tabular"): "safemeta.tabular.meta:TabularSafeMeta",

@@ -55,6 +55,63 @@ class CommonConfig:
     keep_checkpoints: int = param(3, "how many checkpoints to keep", low=1, high=10**4)
 
 
+@dataclass
+class GaussianConfig(CommonConfig):
+    """What every algorithm with a Gaussian MLP policy shares: budgets, networks, critics,
+    advantages and the trust-region policy step. One default each, whatever the algorithm."""
+
+    gamma: float = param(0.99, "discount γ", low=0, high=0.9999, low_open=True)
+    gae_lambda: float = param(0.97, "GAE λ for reward and cost advantages", low=0, high=1)
+    episodes_per_task: int = param(
+        20, "episodes per task per data collection (pre, post, each meta-test step) "
+        "when steps_per_task is 0", low=1, high=10_000
+    )
+    steps_per_task: int = param(
+        0, "step budget per task per data collection: whole episodes until at least N steps "
+        "(the paper's 'batch N per task'); 0: episodes_per_task episodes", low=0, high=10**8)
+    envs_per_task: int = param(0, "envs stepped in parallel per task; 0: one per episode "
+                               "(with steps_per_task: enough for one round of full-length episodes)",
+                               low=0, high=10_000)
+    horizon: int = param(0, "episode length; 0: the suite's default", low=0, high=100_000)
+    hidden: list[int] = param([64, 64], "policy MLP hidden sizes (tanh)", low=1, high=4096)
+    init_log_std: float = param(-0.5, "initial log-std of the Gaussian policy", low=-5, high=2)
+    kappa: str = param(
+        "auto",
+        "advantage-to-return factor in the cost surrogate: gamma = 1/(1−γ); "
+        "auto = mean episode length for undiscounted limits",
+        choices=("auto", "gamma"),
+    )
+    normalize_adv: bool = param(True, "standardise reward advantages per task")
+    outer_step: str = param(
+        "trpo",
+        "policy step: TRPO natural gradient with KL bound, or first-order clipped",
+        choices=("trpo", "first-order"),
+    )
+    max_kl: float = param(0.01, "TRPO policy step: KL bound", low=0, low_open=True, high=10)
+    cg_iters: int = param(10, "TRPO policy step: conjugate-gradient iterations", low=1, high=1000)
+    cg_damping: float = param(0.1, "TRPO policy step: Fisher damping", low=0, high=1e6)
+    line_search_steps: int = param(10, "TRPO policy step: backtracking halvings", low=1, high=60)
+    fvp_states: int = param(4000, "TRPO policy step: states subsampled for Fisher-vector products",
+                            low=100, high=10**7)
+    outer_lr: float = param(1e-3, "first-order policy step: Adam learning rate", low=0, low_open=True,
+                            high=10)
+    max_grad_norm: float = param(1.0, "first-order policy step: gradient-norm clip",
+                                 low=0, low_open=True, high=1e6)
+    critic: str = param(
+        "linear",
+        "value critics: per-task linear feature baseline, or one shared MLP",
+        choices=("linear", "mlp"),
+    )
+    critic_reg: float = param(1e-5, "linear critic: ridge coefficient", low=0, high=1e6)
+    critic_lr: float = param(1e-3, "mlp critic: Adam learning rate", low=0, low_open=True, high=10)
+    critic_epochs: int = param(5, "mlp critic: epochs per fit", low=1, high=10**4)
+    eval_episodes: int = param(10, "fresh evaluation episodes per task (validation, meta-test steps)",
+                               low=1, high=10_000)
+    obs_norm: bool = param(True, "update the observation normaliser from pre-adaptation data")
+    torch_threads: int = param(1, "torch threads for learners (small MLPs run fastest on one)",
+                               low=1, high=1024)
+
+
 def field_docs(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from safemeta.config import build
+from safemeta.core.adaptation import AdaptParams
+from safemeta.core.meta import SafeMetaConfig
 from safemeta.nn.policy import GaussianPolicy
+from safemeta.rollout.advantages import Advantages, task_advantages
 from safemeta.rollout.buffer import Rollout
 
 
@@ -39,3 +43,19 @@ def one_task_rollout(policy: GaussianPolicy, n: int = 4000, horizon: int = 10) -
 class ZeroCritic:
     def predict(self, obs: np.ndarray, t: np.ndarray) -> np.ndarray:
         return np.zeros((len(obs), 2))
+
+
+def config(**over: object) -> SafeMetaConfig:
+    """The users' `SafeMetaConfig` (its defaults) with λ = λ_c = 1 unless `over` says otherwise."""
+    return build(SafeMetaConfig, {"lam": 1.0, "lam_c": 1.0, **over})
+
+
+def params(cfg: SafeMetaConfig, limit: np.ndarray, cost_type: str = "undiscounted") -> AdaptParams:
+    limit = np.asarray(limit, np.float64)
+    return cfg.adapt_params(len(limit), limit, cost_type)
+
+
+def advantages(roll: Rollout, critic: object, policy: GaussianPolicy, cfg: SafeMetaConfig) -> Advantages:
+    """A one-task rollout's advantages, as the learner's `estimate` computes them."""
+    return task_advantages(roll, critic, policy, cfg.gamma, cfg.gae_lambda, "undiscounted", cfg.kappa,
+                           cfg.normalize_adv)

@@ -9,21 +9,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from bandit import ZeroCritic, one_task_rollout
+from bandit import ZeroCritic, advantages, config, one_task_rollout, params
 from scipy.optimize import brentq, minimize
 from scipy.special import logsumexp
 
-from safemeta.core.adaptation import (
-    AdaptSettings,
-    Advantages,
-    adapt_step,
-    project,
-    surrogate_cost,
-    task_advantages,
-    verify,
-)
-from safemeta.core.dual import DualProblem, solve_dual
+from safemeta.core.adaptation import adapt_step, cost_ucb, project, surrogate_cost, verify
+from safemeta.core.dual import SampleDual, solve_sample_dual
 from safemeta.nn.policy import GaussianPolicy
+from safemeta.rollout.advantages import Advantages
 
 # ---- the sample dual on a one-state, many-action problem --------------------------------
 K = 6
@@ -60,7 +53,7 @@ def test_dual_one_constraint_matches_exact_root() -> None:
     assert exact_g(np.zeros(1), lam_c, ca, jc, d)[0] > 0  # the unconstrained tilt is infeasible
     mu_star = brentq(lambda m: exact_g(np.array([m]), lam_c, ca, jc, d)[0], 0, 1e3, xtol=1e-14)
     idx, adv, cadv = replicated(ca)
-    sol = solve_dual(DualProblem(adv, cadv, jc, d, LAM, lam_c, np.zeros(1), KAPPA))
+    sol = solve_sample_dual(SampleDual(adv, cadv, jc, d, LAM, lam_c, np.zeros(1), KAPPA))
     assert sol.mu[0] == pytest.approx(mu_star, rel=1e-7)
     assert sol.u[0] == pytest.approx(KAPPA * mu_star, rel=1e-7)  # the slides' u
     assert sol.eta == pytest.approx(LAM + 0.5 * mu_star, rel=1e-7)
@@ -75,7 +68,7 @@ def test_dual_zero_multiplier_when_feasible() -> None:
     ca = COST_ADV[:, :1]
     jc, d, lam_c = np.array([0.0]), np.array([5.0]), np.array([0.5])
     idx, adv, cadv = replicated(ca)
-    sol = solve_dual(DualProblem(adv, cadv, jc, d, LAM, lam_c, np.zeros(1), KAPPA))
+    sol = solve_sample_dual(SampleDual(adv, cadv, jc, d, LAM, lam_c, np.zeros(1), KAPPA))
     assert sol.mu[0] == 0.0 and sol.eta == LAM
     pi, kl = exact_policy(np.zeros(1), lam_c, ca)  # π ∝ π_k exp(A/λ)
     np.testing.assert_allclose(np.bincount(idx, weights=sol.weights, minlength=K), pi, atol=1e-9)
@@ -99,7 +92,7 @@ def test_dual_two_constraints_matches_exact_convex_dual() -> None:
     )
     mu_ref = np.maximum(ref.x, 0)
     _, adv, cadv = replicated(COST_ADV)
-    sol = solve_dual(DualProblem(adv, cadv, jc, d, LAM, lam_c, np.zeros(2), KAPPA))
+    sol = solve_sample_dual(SampleDual(adv, cadv, jc, d, LAM, lam_c, np.zeros(2), KAPPA))
     np.testing.assert_allclose(sol.mu, mu_ref, atol=1e-5)
     g = exact_g(sol.mu, lam_c, COST_ADV, jc, d)  # KKT: g ≤ 0, μ_i g_i = 0
     assert np.all(g <= 1e-6) and np.all(np.abs(sol.mu * g) <= 1e-6)
@@ -111,10 +104,11 @@ def test_dual_on_a_random_sample_and_in_milliseconds() -> None:
     jc, d, lam_c = np.array([1.0]), np.array([0.8]), np.array([0.5])
     mu_star = brentq(lambda m: exact_g(np.array([m]), lam_c, ca, jc, d)[0], 0, 1e3, xtol=1e-14)
     idx = np.random.default_rng(0).choice(K, size=200_000, p=PROBS)
-    sol = solve_dual(DualProblem(ADV[idx], ca[idx], jc, d, LAM, lam_c, np.zeros(1), KAPPA))
+    sol = solve_sample_dual(SampleDual(ADV[idx], ca[idx], jc, d, LAM, lam_c, np.zeros(1), KAPPA))
     assert sol.mu[0] == pytest.approx(mu_star, rel=0.03)
     t0 = time.perf_counter()
-    small = solve_dual(DualProblem(ADV[idx[:8000]], ca[idx[:8000]], jc, d, LAM, lam_c, np.zeros(1), KAPPA))
+    small = solve_sample_dual(SampleDual(ADV[idx[:8000]], ca[idx[:8000]], jc, d, LAM, lam_c, np.zeros(1),
+                                         KAPPA))
     elapsed = time.perf_counter() - t0
     assert small.mu[0] == pytest.approx(mu_star, rel=0.15)
     assert elapsed < 0.25  # a paper-sized task sample (8k): about ten milliseconds
@@ -122,7 +116,7 @@ def test_dual_on_a_random_sample_and_in_milliseconds() -> None:
 
 def test_dual_rejects_nonpositive_lambda() -> None:
     with pytest.raises(ValueError, match="lam"):
-        DualProblem(ADV, COST_ADV[:, :1], np.ones(1), np.ones(1), 0.0, np.ones(1), np.zeros(1), 1.0)
+        SampleDual(ADV, COST_ADV[:, :1], np.ones(1), np.ones(1), 0.0, np.ones(1), np.zeros(1), 1.0)
 
 
 # ---- projection onto the Gaussian class (SPEC §2.4 step 3) ------------------------------
@@ -147,7 +141,7 @@ def test_projection_recovers_tilted_gaussian() -> None:
     with torch.no_grad():
         logp_k = policy.log_prob(obs, act)
     b = -k * (act[:, 0] - c) ** 2
-    st = AdaptSettings(proj_epochs=250, proj_minibatches=1, proj_lr=0.01)
+    st = config(proj_epochs=250, proj_minibatches=1, proj_lr=0.01)
     new = project(policy, obs, act, logp_k, b, eta, st, np.random.default_rng(0))
     with torch.no_grad():
         mean, log_std = new(obs[:1])
@@ -192,7 +186,7 @@ def closed_form_surrogate(shift: float, act: torch.Tensor, m0: float, a: Advanta
 
 def test_verification_backs_off_a_violating_step() -> None:
     policy, obs, act, logp_k, a = cost_setup()
-    st = AdaptSettings(max_backoffs=10, verify_recovery=False)
+    st = config(max_backoffs=10, verify_recovery=False)
     lam_c, bound = np.array([1.0]), np.array([1.3])
     bad = shifted(policy, 0.4)  # surrogate ≈ 1 + 2·0.4 + 0.32 = 2.12 > 1.3
     sur_bad, _ = surrogate_cost(bad, policy, obs, act, logp_k, a, lam_c)
@@ -220,7 +214,7 @@ def test_verification_backs_off_a_violating_step() -> None:
 
 def test_verification_rejects_when_nothing_holds() -> None:
     policy, obs, act, logp_k, a = cost_setup()
-    st = AdaptSettings(max_backoffs=4, verify_recovery=False)
+    st = config(max_backoffs=4, verify_recovery=False)
     out, sur, kl, backoffs, ok = verify(
         shifted(policy, 0.4), policy, obs, act, logp_k, a, st, np.array([1.0]), np.array([0.9])
     )  # π_k itself is infeasible
@@ -230,7 +224,7 @@ def test_verification_rejects_when_nothing_holds() -> None:
 
 def test_verification_recovery_accepts_only_cost_lowering_steps() -> None:
     policy, obs, act, logp_k, a = cost_setup()
-    st = AdaptSettings(max_backoffs=4, verify_recovery=True)
+    st = config(max_backoffs=4, verify_recovery=True)
     bound = np.array([0.9])  # π_k infeasible (Ĵ_c = 1)
     _, _, _, _, ok_up = verify(shifted(policy, 0.4), policy, obs, act, logp_k, a, st, np.array([1.0]), bound)
     out, sur, _, _, ok_down = verify(
@@ -249,18 +243,18 @@ def test_adapt_step_never_returns_an_unverified_policy(monkeypatch: pytest.Monke
     monkeypatch.setattr(
         adaptation, "project_batch", lambda pks, *args, **kw: [shifted(pk, 2.0) for pk in pks]
     )
-    st = AdaptSettings(lam=1.0, lam_c=1.0, max_backoffs=3, verify_recovery=False, normalize_adv=False)
+    st = config(lam=1.0, lam_c=1.0, max_backoffs=3, verify_recovery=False, normalize_adv=False)
     limit = np.array([jc + 0.05])
-    res = adapt_step(policy, roll, ZeroCritic(), limit, st, np.random.default_rng(0))
+    res = adapt_step(policy, roll, ZeroCritic(), params(st, limit), st, np.random.default_rng(0))
     obs, act = torch.as_tensor(roll.obs), torch.as_tensor(roll.act)
     with torch.no_grad():
         logp_k = policy.log_prob(obs, act)
-    a = adaptation.task_advantages(roll, ZeroCritic(), policy, st)
+    a = advantages(roll, ZeroCritic(), policy, st)
     sur, _ = surrogate_cost(res.policy, policy, obs, act, logp_k, a, np.array([1.0]))
     assert sur[0] <= limit[0] + 1e-9
     assert res.backoffs == 4 and not res.accepted and res.policy is policy  # 2.0·2⁻³ still violates
     st.max_backoffs = 12
-    res = adapt_step(policy, roll, ZeroCritic(), limit, st, np.random.default_rng(0))
+    res = adapt_step(policy, roll, ZeroCritic(), params(st, limit), st, np.random.default_rng(0))
     sur, _ = surrogate_cost(res.policy, policy, obs, act, logp_k, a, np.array([1.0]))
     assert res.accepted and res.backoffs > 3 and sur[0] <= limit[0]
     assert sur[0] == pytest.approx(res.surrogate[0])
@@ -269,21 +263,21 @@ def test_adapt_step_never_returns_an_unverified_policy(monkeypatch: pytest.Monke
 def test_adapt_step_improves_reward_surrogate_and_logs() -> None:
     policy = bandit_policy(np.log(0.5))
     roll = one_task_rollout(policy)
-    st = AdaptSettings(lam=1.0, lam_c=1.0, normalize_adv=False, proj_epochs=30)
+    st = config(lam=1.0, lam_c=1.0, normalize_adv=False, proj_epochs=30)
     limit = np.array([float(roll.ep_cost[0].mean()) + 0.5])
-    res = adapt_step(policy, roll, ZeroCritic(), limit, st, np.random.default_rng(0))
+    res = adapt_step(policy, roll, ZeroCritic(), params(st, limit), st, np.random.default_rng(0))
     assert res.accepted and res.kl > 0 and res.dual.eta >= 1.0 and res.surrogate[0] <= limit[0]
     with torch.no_grad():
         m_new, m_old = float(res.policy(torch.zeros(1, 1))[0]), float(policy(torch.zeros(1, 1))[0])
     assert abs(m_new - 0.6) < abs(m_old - 0.6)  # moved toward the reward optimum 0.6
-    assert set(res.times) == {"t_adv", "t_dual", "t_projection"}
+    assert set(res.times) == {"t_dual", "t_projection"}
 
 
 def test_verification_kl_cap_backs_off_far_steps() -> None:
     policy, obs, act, logp_k, a = cost_setup()
     loose = np.array([100.0])  # the cost constraint holds for every step
     far = shifted(policy, 0.4)  # KL = 0.4² / (2·0.5²) = 0.32
-    st = AdaptSettings(verify_max_kl=0.1)
+    st = config(verify_max_kl=0.1)
     _, _, kl, backoffs, ok = verify(
         copy.deepcopy(far), policy, obs, act, logp_k, a, st, np.array([1.0]), loose
     )
@@ -299,8 +293,8 @@ def test_non_finite_sample_is_rejected() -> None:
     policy = bandit_policy(np.log(0.5))
     roll = one_task_rollout(policy)
     roll.reward[3] = np.nan
-    st = AdaptSettings(normalize_adv=False)
-    res = adapt_step(policy, roll, ZeroCritic(), np.array([100.0]), st, np.random.default_rng(0))
+    st = config(normalize_adv=False)
+    res = adapt_step(policy, roll, ZeroCritic(), params(st, np.array([100.0])), st, np.random.default_rng(0))
     assert not res.accepted and res.policy is policy
 
 
@@ -317,8 +311,8 @@ def test_verify_margin_tightens_the_accepted_surrogate(monkeypatch: pytest.Monke
     )
     out = {}
     for margin in (0.0, 0.2):
-        st = AdaptSettings(lam=1.0, lam_c=1.0, max_backoffs=12, normalize_adv=False, verify_margin=margin)
-        out[margin] = adapt_step(policy, roll, ZeroCritic(), limit, st, np.random.default_rng(0))
+        st = config(lam=1.0, lam_c=1.0, max_backoffs=12, normalize_adv=False, verify_margin=margin)
+        out[margin] = adapt_step(policy, roll, ZeroCritic(), params(st, limit), st, np.random.default_rng(0))
         assert out[margin].accepted and out[margin].surrogate[0] <= limit[0] - margin
     assert out[0.2].backoffs > out[0.0].backoffs
     assert out[0.0].surrogate[0] > limit[0] - 0.2  # the margin is what made the difference
@@ -326,17 +320,17 @@ def test_verify_margin_tightens_the_accepted_surrogate(monkeypatch: pytest.Monke
 
 def test_projection_receives_the_duals_tilt_in_the_slides_scaling(monkeypatch: pytest.MonkeyPatch) -> None:
     """SPEC §2.1/§2.4: the projection's target is π_k·exp(B/η) with B = A − Σ u_i A_{c_i},
-    u = κμ, η = λ + Σ μ_i λ_{c_i} of the sample dual; checked against `solve_dual` on the
+    u = κμ, η = λ + Σ μ_i λ_{c_i} of the sample dual; checked against `solve_sample_dual` on the
     same advantages, in a binding case (u > 0) with κ ≠ 1."""
     import safemeta.core.adaptation as adaptation
 
     policy = bandit_policy(np.log(0.5))
     roll = one_task_rollout(policy)
-    st = AdaptSettings(lam=1.0, lam_c=0.5, normalize_adv=False)
-    a = adaptation.task_advantages(roll, ZeroCritic(), policy, st)
+    st = config(lam=1.0, lam_c=0.5, normalize_adv=False)
+    a = advantages(roll, ZeroCritic(), policy, st)
     lam_c, zero = np.array([0.5]), np.zeros(1)
     # The λ-only step's surrogate s0; a limit 0.5 below it makes the constraint bind.
-    s0 = solve_dual(DualProblem(a.adv, a.cost_adv, a.cost_value, np.array([1e9]), st.lam, lam_c, zero,
+    s0 = solve_sample_dual(SampleDual(a.adv, a.cost_adv, a.cost_value, np.array([1e9]), st.lam, lam_c, zero,
                                 a.kappa)).surrogate
     limit = s0 - 0.5
     seen = {}
@@ -346,8 +340,8 @@ def test_projection_receives_the_duals_tilt_in_the_slides_scaling(monkeypatch: p
         return list(pks)
 
     monkeypatch.setattr(adaptation, "project_batch", capture)
-    res = adapt_step(policy, roll, ZeroCritic(), limit, st, np.random.default_rng(0))
-    sol = solve_dual(DualProblem(a.adv, a.cost_adv, a.cost_value, limit, st.lam, lam_c, zero, a.kappa))
+    res = adapt_step(policy, roll, ZeroCritic(), params(st, limit), st, np.random.default_rng(0))
+    sol = solve_sample_dual(SampleDual(a.adv, a.cost_adv, a.cost_value, limit, st.lam, lam_c, zero, a.kappa))
     assert a.kappa == pytest.approx(10.0) and sol.mu[0] > 0  # auto κ: episode length; binding
     np.testing.assert_allclose(sol.u, a.kappa * sol.mu)
     assert seen["eta"] == pytest.approx(1.0 + 0.5 * sol.mu[0], rel=1e-6)
@@ -367,13 +361,12 @@ def test_time_limit_bootstrap_uses_the_value_at_the_horizon() -> None:
     """At a truncated last step (t = H − 1) the TD target bootstraps with V(s_H, H): with
     λ_GAE = 0 the advantage there is r + γ·H − (H − 1), by hand (reward), and
     c + γ·2H − 2(H − 1) for the cost before centring."""
-    import safemeta.core.adaptation as adaptation
 
     policy = bandit_policy(np.log(0.5))
     H, gamma = 10, 0.9
     roll = one_task_rollout(policy, n=200, horizon=H)
-    st = AdaptSettings(gamma=gamma, gae_lambda=0.0, normalize_adv=False)
-    a = adaptation.task_advantages(roll, TimeCritic(), policy, st)
+    st = config(gamma=gamma, gae_lambda=0.0, normalize_adv=False)
+    a = advantages(roll, TimeCritic(), policy, st)
     last = roll.truncated
     np.testing.assert_allclose(a.adv[last], roll.reward[last] + gamma * H - (H - 1), atol=1e-5)
     inner = ~last  # one step inside the episode: r + γ(t+1) − t
@@ -394,15 +387,17 @@ def test_verify_confidence_adds_z_standard_errors_of_the_episode_cost() -> None:
     with torch.no_grad():
         logp_k = policy.log_prob(obs, act)
     for z in (0.0, 2.0):
-        st = AdaptSettings(verify_confidence=z, normalize_adv=False)
-        a = task_advantages(roll, ZeroCritic(), policy, st)
-        assert np.asarray(a.cost_ucb) == pytest.approx(z * se, rel=1e-12)
-        sur, _ = surrogate_cost(policy, policy, obs, act, logp_k, a, np.array([1.0]))
+        st = config(verify_confidence=z, normalize_adv=False)
+        a = advantages(roll, ZeroCritic(), policy, st)
+        ucb = cost_ucb(roll.ep_cost[0], z)
+        assert np.asarray(ucb) == pytest.approx(z * se, rel=1e-12)
+        sur, _ = surrogate_cost(policy, policy, obs, act, logp_k, a, np.array([1.0]), ucb)
         assert sur[0] == pytest.approx(ep.mean() + z * se, rel=1e-9)
     limit = np.array([ep.mean() + se])  # room for one standard error
-    res = {z: adapt_step(policy, roll, ZeroCritic(), limit,
-                         AdaptSettings(lam=1.0, lam_c=1.0, normalize_adv=False, verify_confidence=z),
-                         np.random.default_rng(0)) for z in (0.0, 2.0)}
+    res = {}
+    for z in (0.0, 2.0):
+        st = config(lam=1.0, lam_c=1.0, normalize_adv=False, verify_confidence=z)
+        res[z] = adapt_step(policy, roll, ZeroCritic(), params(st, limit), st, np.random.default_rng(0))
     assert all(r.accepted and r.surrogate[0] <= limit[0] for r in res.values())
     # at z = 2 π_k itself fails, so the accepted step must lower the estimated cost by ≥ 1 SE
     estimate = {z: r.surrogate[0] - z * se for z, r in res.items()}

@@ -14,20 +14,20 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from bandit import ZeroCritic, one_task_rollout
+from bandit import ZeroCritic, advantages, config, one_task_rollout, params
 from scipy.optimize import brentq
 
 from safemeta.core.adaptation import (
-    AdaptSettings,
-    Advantages,
     PaddedBatch,
     adapt_batch,
     bisect_dual,
     surrogate_cost,
     verify,
 )
-from safemeta.core.dual import DualProblem, solution_at, solve_dual
+from safemeta.core.dual import SampleDual, solution_at, solve_sample_dual
+from safemeta.core.meta import SafeMetaConfig
 from safemeta.nn.policy import GaussianPolicy
+from safemeta.rollout.advantages import Advantages
 
 S0, R, KAPPA, LAM, LAM_C, JC = 0.5, 1.0, 2.0, 1.0, 1.0, 1.0
 N = 8000
@@ -84,18 +84,18 @@ class Spy:
         raise AssertionError("the returned policy was not made by a probe")
 
 
-def settings(**over) -> AdaptSettings:
+def settings(**over) -> SafeMetaConfig:
     kw = dict(lam=LAM, lam_c=LAM_C, proj_epochs=150, proj_minibatches=1, proj_lr=0.02, dual="bisection",
               bisect_iters=8)
-    return AdaptSettings(**{**kw, **over})
+    return config(**{**kw, **over})
 
 
 def run(bound: float, start_mu: float | None = None, seed: int = 0, **over):
     """Bisection from the sample dual (or from a deliberately wrong start μ)."""
     policy, obs, act, logp_k, a, m0 = setup(seed)
-    prob = DualProblem(a.adv, a.cost_adv, a.cost_value, np.array([bound]), LAM, np.array([LAM_C]),
+    prob = SampleDual(a.adv, a.cost_adv, a.cost_value, np.array([bound]), LAM, np.array([LAM_C]),
                        np.zeros(1), KAPPA)
-    start = solve_dual(prob)
+    start = solve_sample_dual(prob)
     if start_mu is not None:  # a wrong answer of a (feasible) sample dual
         start = dataclasses.replace(solution_at(prob, np.array([start_mu])), infeasible=False)
     batch = PaddedBatch(obs[None], act[None], logp_k[None], torch.ones(1, N))
@@ -169,9 +169,9 @@ def test_bisection_on_an_infeasible_task_probes_the_sample_dual_once_and_verific
     search stops after the sample dual's own μ; verification must reject what it returns."""
     bound = 0.3
     policy, obs, act, logp_k, a, _ = setup()
-    prob = DualProblem(a.adv, a.cost_adv, a.cost_value, np.array([bound]), LAM, np.array([LAM_C]),
+    prob = SampleDual(a.adv, a.cost_adv, a.cost_value, np.array([bound]), LAM, np.array([LAM_C]),
                        np.zeros(1), KAPPA)
-    sample = solve_dual(prob)
+    sample = solve_sample_dual(prob)
     assert sample.infeasible
     spy = Spy(monkeypatch)
     st = settings(verify_recovery=False)
@@ -196,16 +196,17 @@ def test_tasks_of_different_lengths_search_independently(monkeypatch) -> None:
     obs_s, act_s, logp_s = obs_s[:k], act_s[:k], logp_s[:k]
     a_l = Advantages(a_l.adv, a_l.cost_adv, np.array([0.2]), KAPPA)  # far below the limit: μ = 0
     bound = np.array([1.3])
-    probs = [DualProblem(a.adv, a.cost_adv, a.cost_value, bound, LAM, np.array([LAM_C]), np.zeros(1), KAPPA)
+    probs = [SampleDual(a.adv, a.cost_adv, a.cost_value, bound, LAM, np.array([LAM_C]), np.zeros(1), KAPPA)
              for a in (a_l, a_s)]
     pad = lambda x: torch.cat([x, torch.zeros(N - k, *x.shape[1:])])
     batch = PaddedBatch(torch.stack([obs_l, pad(obs_s)]), torch.stack([act_l, pad(act_s)]),
                         torch.stack([logp_l, pad(logp_s)]), torch.stack([torch.ones(N), pad(torch.ones(k))]))
     st = settings(verify_max_kl=0.0)
-    sols, _ = bisect_dual([long_pol, short_pol], batch, [a_l, a_s], probs, [solve_dual(p) for p in probs],
+    starts = [solve_sample_dual(p) for p in probs]
+    sols, _ = bisect_dual([long_pol, short_pol], batch, [a_l, a_s], probs, starts,
                           bound, st, np.random.default_rng(0))
     alone = PaddedBatch(obs_s[None], act_s[None], logp_s[None], torch.ones(1, k))
-    sol_alone, _ = bisect_dual([short_pol], alone, [a_s], probs[1:], [solve_dual(probs[1])], bound, st,
+    sol_alone, _ = bisect_dual([short_pol], alone, [a_s], probs[1:], [solve_sample_dual(probs[1])], bound, st,
                                np.random.default_rng(0))
     assert sols[0].mu[0] == 0.0
     assert sols[1].mu[0] == pytest.approx(exact_mu(1.3), rel=0.1)
@@ -224,9 +225,9 @@ def test_bisection_needs_no_back_off_where_the_sample_dual_is_too_loose(kl_cap: 
     limit = np.array([float(roll.ep_cost[0].mean())])
     out = {}
     for dual in ("sample", "bisection"):
-        st = AdaptSettings(lam=1.0, lam_c=1.0, normalize_adv=False, proj_epochs=30, dual=dual,
-                           verify_max_kl=kl_cap)
-        (res,) = adapt_batch([policy], roll, [ZeroCritic()], limit, st, np.random.default_rng(0))
+        st = config(lam=1.0, lam_c=1.0, normalize_adv=False, proj_epochs=30, dual=dual, verify_max_kl=kl_cap)
+        adv = advantages(roll, ZeroCritic(), policy, st)
+        (res,) = adapt_batch([policy], roll, [adv], params(st, limit), st, np.random.default_rng(0))
         assert res.accepted and res.surrogate[0] <= limit[0]
         out[dual] = res
     assert out["sample"].dual.mu[0] == 0.0 and out["sample"].backoffs >= 1

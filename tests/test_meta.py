@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from safemeta.algorithm import METRIC_COLUMNS
 from safemeta.config import ConfigError, build
-from safemeta.core.meta import SafeMeta, SafeMetaConfig
-from safemeta.core.outer import flat_grad, ratio_surrogate
-from safemeta.experiment.algorithm import METRIC_COLUMNS
+from safemeta.core.meta import SafeMeta, SafeMetaConfig, crpo_switch, missed_steps
 from safemeta.nn.policy import GaussianPolicy
 from safemeta.rollout.toy import PointMassSuite
+from safemeta.updates import policy_gradient
+from safemeta.updates.policy_gradient import ratio_surrogate
+from safemeta.updates.trpo import flat_grad
 
 # ---- the Hessian-free meta-gradient on a Gaussian bandit task distribution ---------------
 GOALS = np.array([-0.4, 0.3, 0.9])  # task τ: reward r_τ(a) = −(a − c_τ)²
@@ -80,8 +82,8 @@ def test_meta_gradient_matches_finite_differences() -> None:
 
 
 # ---- the algorithm on the toy suite ---------------------------------------------------------
-def make_algo(seed: int = 0, **over: object) -> SafeMeta:
-    suite = PointMassSuite(horizon=8, cost_limit=0.6)
+def make_algo(seed: int = 0, limit: float = 0.6, **over: object) -> SafeMeta:
+    suite = PointMassSuite(horizon=8, cost_limit=limit)
     cfg = build(
         SafeMetaConfig,
         dict(
@@ -109,7 +111,7 @@ def strip_times(rows: list[dict]) -> list[dict]:
 
 def _three_iterations(seed: int, **over: object) -> list[dict]:
     algo = make_algo(seed=seed, **over)
-    assert algo.settings.dual == over.get("dual", "sample")  # the config reaches the adaptation step
+    assert algo.cfg.dual == over.get("dual", "sample")  # the config the adaptation step reads
     rows = [algo.train_iteration(it) for it in range(3)]
     rows += algo.meta_test(algo.tasks["test"], 2)
     return strip_times(rows)
@@ -194,44 +196,51 @@ def test_crpo_switch_reads_the_meta_policys_cost(
     monkeypatch: pytest.MonkeyPatch, delta: float, pre_cost: list, post_cost: list, switched: list
 ) -> None:
     """SPEC §2.6 step 3: a task switches the meta-step to cost reduction when J_c(π_φ), the
-    pre-adaptation cost, exceeds (1 − meta_margin)·d + δ, whatever the adapted policies cost."""
-    algo = make_algo(seed=1, eval_every=100)  # d = 0.6, meta_margin = 0.05
-    algo.settings.delta = np.array([delta])
+    pre-adaptation cost, exceeds (1 − meta_margin)·d + δ, whatever the adapted policies cost;
+    the cost step's weights are −A_c on exactly the switched tasks' pre-adaptation data."""
+    np.testing.assert_array_equal(
+        crpo_switch(np.array(pre_cost)[:, None], np.array([0.6]), np.array([delta]), 0.05),
+        np.array(switched)[:, None])
+    algo = make_algo(seed=1, eval_every=100, delta=delta)  # d = 0.6, meta_margin = 0.05
     costs = iter([pre_cost, post_cost])  # the mean episode costs of the pre, then the post rollouts
-    collect, outer_step = algo._timed_collect, algo._outer_step
+    collect, step = algo.collect, algo.policy_step
+    seen: dict = {}
 
     def fixed_cost(*args: object) -> object:
         roll = collect(*args)
         cost = np.array(next(costs))[:, None]
         roll.cost_return = lambda kind: cost
+        seen.setdefault("rolls", []).append(roll)
         return roll
 
-    seen = {}
+    def spy(data: object, weights: np.ndarray, states: np.ndarray) -> dict:
+        seen["data"], seen["weights"] = data, weights
+        return step(data, weights, states)
 
-    def outer(pre: object, post: object, violated: np.ndarray, times: dict) -> dict:
-        seen["violated"] = violated.copy()
-        return outer_step(pre, post, violated, times)
-
-    monkeypatch.setattr(algo, "_timed_collect", fixed_cost)
-    monkeypatch.setattr(algo, "_outer_step", outer)
+    monkeypatch.setattr(algo, "collect", fixed_cost)
+    monkeypatch.setattr(algo, "policy_step", spy)
     row = algo.train_iteration(1)
-    np.testing.assert_array_equal(seen["violated"], np.array(switched)[:, None])
+    pre, post = seen["rolls"]
+    assert seen["data"] is (pre if any(switched) else post)
+    if any(switched):  # nonzero weights exactly on the switched tasks
+        moved = [bool(np.any(seen["weights"][s] != 0)) for s in pre.slices]
+        assert moved == switched
     assert row["n_switch"] == sum(switched) and row["outer_cost_step"] == float(any(switched))
     assert row["n_violations"] == sum(c > 0.6 + delta for c in pre_cost)  # vs d + δ, no margin
     assert row["pre_cost_max"] == max(pre_cost) and row["post_cost_max"] == max(post_cost)
 
 
 def test_theory_hyperparameters_and_presets() -> None:
-    from safemeta.tabular.theory import theory_params
+    from safemeta.core.theory import theory_params
 
     algo = make_algo(hyper="theory", theory_alpha=2.0, theory_a_max=1.5, theory_a_c_max=0.5, gamma=0.9)
     th = theory_params(2.0, 1.5, np.array([0.5]), 0.0, 0.9, None)
-    assert algo.settings.lam == pytest.approx(th.lam)
-    np.testing.assert_allclose(algo.settings.lam_c, th.lam_c)
-    np.testing.assert_allclose(algo.settings.delta, 0.0)  # ε at its maximum: δ = 0
-    assert make_algo().settings.lam_c[0] == pytest.approx(6.0)  # λ_c defaults to 10·d
-    assert make_algo(lam_c_scale=2.0).settings.lam_c[0] == pytest.approx(1.2)
-    assert make_algo(lam_c=0.5).settings.lam_c[0] == 0.5
+    assert algo.params.lam == pytest.approx(th.lam)
+    np.testing.assert_allclose(algo.params.lam_c, th.lam_c)
+    np.testing.assert_allclose(algo.params.delta, 0.0)  # ε at its maximum: δ = 0
+    assert make_algo().params.lam_c[0] == pytest.approx(6.0)  # λ_c defaults to 10·d
+    assert make_algo(lam_c_scale=2.0).params.lam_c[0] == pytest.approx(1.2)
+    assert make_algo(lam_c=0.5).params.lam_c[0] == 0.5
     with pytest.raises(ConfigError, match="outer_step"):
         build(SafeMetaConfig, {"outer_step": "sgd"})
     if not torch.cuda.is_available():
@@ -243,7 +252,7 @@ def test_theory_hyperparameters_and_presets() -> None:
         paper = build(SafeMetaConfig, p["paper"])
         assert paper.meta_batch == 10 and paper.test_tasks == 20 and paper.test_steps == 20
         assert paper.horizon == 0  # the suite's default horizon (its cost limit is quoted for it)
-        assert paper.episodes_per_task == (10 if suite_id == "point-circle" else 40)
+        assert paper.steps_per_task == (5000 if suite_id == "point-circle" else 8000)
 
 
 @pytest.mark.slow
@@ -277,7 +286,8 @@ def test_rejected_steps_never_collect_data(monkeypatch: pytest.MonkeyPatch) -> N
     calls: list[list[GaussianPolicy]] = []
     collect = algo.sampler.collect
     monkeypatch.setattr(
-        algo.sampler, "collect", lambda tasks, pols, *a: calls.append(list(pols)) or collect(tasks, pols, *a)
+        algo.sampler, "collect",
+        lambda tasks, pols, *a, **kw: calls.append(list(pols)) or collect(tasks, pols, *a, **kw)
     )
     meta_policy = algo.policy
     row = algo.train_iteration(1)
@@ -289,8 +299,8 @@ def test_meta_test_counts_exploration_cost(monkeypatch: pytest.MonkeyPatch) -> N
     """SPEC §2.7: the cost of π^t pools its evaluation and exploration episodes."""
     algo = make_algo(seed=2, meta_batch=3)
     rolls: list = []
-    collect = algo._collect
-    monkeypatch.setattr(algo, "_collect", lambda *a: rolls.append(collect(*a)) or rolls[-1])
+    collect = algo.collect
+    monkeypatch.setattr(algo, "collect", lambda *a: rolls.append(collect(*a)) or rolls[-1])
     rows = algo.meta_test(algo.tasks["test"], 1)
     ev0, data0, ev1 = rolls  # evaluate π^0, explore with π^0 (then adapt), evaluate π^1
     pooled = np.array([np.concatenate([ev0.ep_cost[i], data0.ep_cost[i]])[:, 0].mean() for i in range(3)])
@@ -320,24 +330,27 @@ def test_meta_gradient_step_uses_post_adaptation_data_and_the_meta_policy(monkey
     """SPEC §2.6: when no task is violated, the outer step sees the post-adaptation
     rollouts, with log-probabilities of the meta-policy π_φ (not of the adapted π_τ);
     when one is, it sees the pre-adaptation rollouts."""
-    algo = make_algo(seed=1, meta_margin=0.0)
-    seen = {}
-    real_collect, real_step = algo._collect, algo._policy_step
+    algo = make_algo(seed=1, limit=1e9, meta_margin=0.0)  # no violation: the meta-gradient branch
+    seen: dict = {}
+    real_collect, real_step, real_surrogate = algo.collect, algo.policy_step, policy_gradient.ratio_surrogate
 
-    def collect(tasks, policies, episodes):
-        roll = real_collect(tasks, policies, episodes)
+    def collect(*args):
+        roll = real_collect(*args)
         seen.setdefault("rolls", []).append(roll)
         return roll
 
-    def step(learner, data, weights, pre):
-        seen["data"], seen["logp"] = data, learner.log_prob(torch.as_tensor(data.obs),
-                                                             torch.as_tensor(data.act)).detach()
-        return real_step(learner, data, weights, pre)
+    def step(data, weights, states):
+        seen["data"] = data
+        return real_step(data, weights, states)
 
-    monkeypatch.setattr(algo, "_collect", collect)
-    monkeypatch.setattr(algo, "_policy_step", step)
+    def surrogate(obs, act, logp_old, weights):
+        seen["logp"] = logp_old
+        return real_surrogate(obs, act, logp_old, weights)
+
+    monkeypatch.setattr(algo, "collect", collect)
+    monkeypatch.setattr(algo, "policy_step", step)
+    monkeypatch.setattr(policy_gradient, "ratio_surrogate", surrogate)
     ref = copy.deepcopy(algo.policy)  # π_φ before the step
-    algo.cost_limit[:] = 1e9  # no violation: the meta-gradient branch
     algo.train_iteration(1)  # odd: no validation collects
     pre, post = seen["rolls"][:2]
     assert seen["data"] is post
@@ -346,12 +359,11 @@ def test_meta_gradient_step_uses_post_adaptation_data_and_the_meta_policy(monkey
     expected = ref.log_prob(torch.as_tensor(post.obs), torch.as_tensor(post.act)).detach()
     assert torch.allclose(seen["logp"], expected)
     seen.clear()
-    algo2 = make_algo(seed=1)
-    monkeypatch.setattr(algo2, "_collect", lambda *a: seen.setdefault("rolls", []).append(
-        SafeMeta._collect(algo2, *a)) or seen["rolls"][-1])
-    monkeypatch.setattr(algo2, "_policy_step", lambda learner, data, w, pre: (
-        seen.__setitem__("data", data), SafeMeta._policy_step(algo2, learner, data, w, pre))[1])
-    algo2.cost_limit[:] = -1.0  # every task violated: the CRPO cost branch
+    algo2 = make_algo(seed=1, limit=-1.0)  # every task violated: the CRPO cost branch
+    monkeypatch.setattr(algo2, "collect", lambda *a: seen.setdefault("rolls", []).append(
+        SafeMeta.collect(algo2, *a)) or seen["rolls"][-1])
+    monkeypatch.setattr(algo2, "policy_step", lambda data, w, states: (
+        seen.__setitem__("data", data), SafeMeta.policy_step(algo2, data, w, states))[1])
     algo2.train_iteration(1)
     assert seen["data"] is seen["rolls"][0]
 
@@ -362,15 +374,10 @@ def test_negative_verify_margin_is_rejected() -> None:
 
 
 def test_missed_counts_verified_steps_from_a_feasible_policy_that_exceeded_the_limit() -> None:
-    from types import SimpleNamespace
-
-    from safemeta.core.meta import _missed
-
     limit = np.array([1.0, 2.0])
     pre = np.array([[0.5, 1.0], [0.5, 1.0], [1.5, 1.0], [0.5, 1.0], [0.5, 2.0]])
     post = np.array([[1.2, 1.0], [1.2, 1.0], [1.2, 1.0], [0.9, 2.5], [0.9, 1.9]])
-    accepted = [True, False, True, True, True]
-    results = [SimpleNamespace(accepted=a) for a in accepted]
+    accepted = np.array([True, False, True, True, True])
     # task 0: missed; 1: step rejected (π_k kept); 2: π_k infeasible; 3: missed on cost 2;
     # 4: within both limits after the step
-    np.testing.assert_array_equal(_missed(pre, post, results, limit), [True, False, False, True, False])
+    np.testing.assert_array_equal(missed_steps(pre, post, accepted, limit), [True, False, False, True, False])

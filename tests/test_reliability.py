@@ -407,7 +407,7 @@ def test_mujoco_divergence_truncates_the_episode_with_a_flag() -> None:
     tasks = s.sample_tasks(2, np.random.default_rng(0))
     envs = [s.make(t) for t in tasks]
     batch = BatchEnv(envs, horizon=50)
-    obs0 = batch.start(np.array([1, 1]), np.random.default_rng(0))
+    obs0 = batch.start(np.array([1, 1]), [np.random.default_rng(0)] * 2)
     env = envs[0].unwrapped
     env.data.qacc_warmstart[:] = 0
     env.data.qvel[:] = 1e30  # blows up on the next step

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from safemeta.core.adaptation import AdaptSettings, task_advantages
 from safemeta.nn.policy import GaussianPolicy
+from safemeta.rollout.advantages import task_advantages
 from safemeta.rollout.buffer import Rollout, gae, next_values
-from safemeta.rollout.sampler import Sampler
+from safemeta.rollout.sampler import Sampler, TaskStream
 from safemeta.rollout.toy import GoalTask, PointMassSuite
 
 GAMMA, LAM = 0.9, 0.8
@@ -76,8 +76,7 @@ def test_task_advantages_uses_final_obs_for_bootstrap() -> None:
     """The wiring the adaptation step uses: critic on obs and on final obs, then GAE."""
     roll = hand_rollout()
     policy = GaussianPolicy(2, 1)  # fresh normaliser: identity (mean 0, var 1)
-    st = AdaptSettings(gamma=GAMMA, gae_lambda=LAM, normalize_adv=False)
-    a = task_advantages(roll, ObsCritic(), policy, st)
+    a = task_advantages(roll, ObsCritic(), policy, GAMMA, LAM, "undiscounted", "auto", normalize_adv=False)
     reward_adv, cost_adv = hand_gae()
     np.testing.assert_allclose(a.adv, reward_adv, atol=1e-5)
     np.testing.assert_allclose(a.cost_adv[:, 0], cost_adv - cost_adv.mean(), atol=1e-5)  # centred
@@ -95,9 +94,8 @@ def collect(
 ) -> Rollout:
     tasks = [GoalTask(0.5), GoalTask(-0.5)][: len(policies)]
     sampler = Sampler(suite, suite.horizon, gamma, envs_per_task)
-    return sampler.collect(
-        tasks, policies, episodes, np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    )
+    streams = [TaskStream.of(seed, (i,)) for i in range(len(tasks))]
+    return sampler.collect(tasks, policies, streams, episodes)
 
 
 def test_sampler_episode_statistics_and_final_obs() -> None:

@@ -8,9 +8,9 @@ import cvxpy as cp
 import numpy as np
 import pytest
 
-from safemeta.tabular.adapt import make_problem, safe_adapt, solve_dual
+from safemeta.core.theory import theory_params
+from safemeta.tabular.adapt import make_problem, safe_adapt, solve_tabular_dual
 from safemeta.tabular.cmdp import CMDP, evaluate, softmax
-from safemeta.tabular.theory import theory_params
 
 
 def random_cmdp(rng: np.random.Generator, S: int, A: int, p: int, gamma: float = 0.9) -> CMDP:
@@ -99,7 +99,7 @@ def test_dual_is_zero_exactly_when_pi_k_feasible() -> None:
     _, u = safe_adapt(*args, ev.Jc + g0 - 1e-3, 1.0, np.ones(1), np.zeros(1), m.gamma)
     assert u[0] > 0.0
     # At the root the constraint is active to high precision.
-    sol = solve_dual(make_problem(*args, ev.Jc + g0 - 1e-3, 1.0, np.ones(1), np.zeros(1), m.gamma))
+    sol = solve_tabular_dual(make_problem(*args, ev.Jc + g0 - 1e-3, 1.0, np.ones(1), np.zeros(1), m.gamma))
     assert abs(sol.g[0]) < 1e-10
 
 
@@ -218,6 +218,6 @@ def test_safe_adapt_costs_milliseconds_on_100_states() -> None:
         return inner(mu)
 
     object.__setattr__(prob, "constraint", counted)
-    sol = solve_dual(prob)
+    sol = solve_tabular_dual(prob)
     assert sol.u[0] > 0 and abs(sol.g[0]) < 1e-10
     assert calls < 60  # each call is one pass over a 100x5 table: well under a millisecond

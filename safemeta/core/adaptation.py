@@ -1,7 +1,8 @@
 """One safe adaptation step for Gaussian policies (SPEC §2.4).
 
 From data collected by π_k on one task:
-1. critics and GAE advantages for reward and every cost, J_c(π_k) estimated;
+1. critics and GAE advantages for reward and every cost, J_c(π_k) estimated (the
+   learner does this once per batch for every algorithm: `rollout/advantages.py`);
 2. the sample dual (SPEC §2.2) gives u and η; or, with `dual="bisection"`, the
    alternative §2.4 keeps available: per task the smallest multiplier whose projected
    policy passes verification's own rule, found by bracketing and bisection (one
@@ -21,59 +22,41 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from safemeta.core.dual import DualProblem, DualSolution, solution_at, solve_dual
-from safemeta.nn.critic import LinearCritic, MLPCritic
+from safemeta.core.dual import SampleDual, SampleDualSolution, solution_at, solve_sample_dual
 from safemeta.nn.policy import GaussianPolicy, StackedGaussian, gaussian_kl, gaussian_log_prob
-from safemeta.rollout.buffer import Rollout, discounted_returns, gae, next_values
+from safemeta.rollout.advantages import Advantages, task_advantages
+from safemeta.rollout.buffer import Rollout
+
+if TYPE_CHECKING:  # the config's defaults live in one place, `SafeMetaConfig`
+    from safemeta.core.meta import SafeMetaConfig
 
 
-@dataclass
-class AdaptSettings:
-    """What one safe adaptation step needs (built from `SafeMetaConfig`)."""
+@dataclass(frozen=True)
+class AdaptParams:
+    """What the config and the suite give together, resolved once per run (SPEC §2.1, §2.5):
+    the KL weights, the relaxation and the limits. Every other setting of the step is read
+    from `SafeMetaConfig`, so it has one default."""
 
-    lam: float = 1.0
-    lam_c: np.ndarray | float = 1.0
-    delta: np.ndarray | float = 0.0
-    gamma: float = 0.99
-    gae_lambda: float = 0.97
+    lam: float
+    lam_c: np.ndarray  # (p,)
+    delta: np.ndarray  # (p,)
+    cost_limit: np.ndarray  # (p,) d
     cost_type: str = "undiscounted"  # which J_c the limit binds (the suite declares it)
-    kappa: str = "auto"  # "gamma": 1/(1−γ); "auto": 1/(1−γ) for discounted, mean episode length else
-    normalize_adv: bool = True  # reward advantage standardised (λ is then in its units)
-    dual: str = "sample"  # "sample": the batch-normalised dual; "bisection": on the projected policy
-    bisect_iters: int = 8  # dual="bisection": bracket doublings and bisection halvings (each)
-    proj_epochs: int = 10
-    proj_minibatches: int = 4
-    proj_lr: float = 3e-3
-    verify_margin: float = 0.0  # absolute, in cost units: accept when surrogate ≤ d + δ − margin
-    max_backoffs: int = 10
-    verify_recovery: bool = True  # π_k infeasible: accept steps whose surrogate lowers the cost
-    verify_max_kl: float = 0.1  # also back off while E_s[KL(π‖π_k)] exceeds this; 0 disables
-    verify_confidence: float = 0.0  # z: add z·(standard error of Ĵ_c over episodes) to the surrogate
-    critic_reg: float = 1e-5
-    device: str = "cpu"
 
-    def __post_init__(self) -> None:
-        if self.dual not in ("sample", "bisection"):
-            raise ValueError(f"dual: got {self.dual!r}; accepted 'sample' or 'bisection'")
-
-
-@dataclass
-class Advantages:
-    adv: np.ndarray  # (n,) reward advantage (standardised when normalize_adv)
-    cost_adv: np.ndarray  # (n, p) cost advantages (centred)
-    cost_value: np.ndarray  # (p,) J_c(π_k), of the declared type
-    kappa: float
-    cost_ucb: np.ndarray | float = 0.0  # (p,) z·SE(Ĵ_c): the surrogate's confidence term
+    @property
+    def bound(self) -> np.ndarray:
+        return self.cost_limit + self.delta
 
 
 @dataclass
 class AdaptResult:
     policy: GaussianPolicy  # verified adapted policy (π_k itself when rejected)
-    dual: DualSolution
+    dual: SampleDualSolution
     kl: float  # E_s[KL(π‖π_k)] of the returned policy on the sample
     surrogate: np.ndarray  # (p,) constraint surrogate of the returned policy
     backoffs: int  # halvings of the step; max_backoffs + 1 means rejected (π_k kept)
@@ -81,74 +64,12 @@ class AdaptResult:
     times: dict[str, float] = field(default_factory=dict)
 
 
-def normalized_obs(policy: GaussianPolicy, obs: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return policy.normalizer(torch.as_tensor(obs, dtype=torch.float32)).numpy()
-
-
-def fit_critics(
-    roll: Rollout,
-    policy: GaussianPolicy,
-    gamma: float,
-    kind: str = "linear",
-    reg: float = 1e-5,
-    shared: MLPCritic | None = None,
-    rng: np.random.Generator | None = None,
-) -> list:
-    """Per task a fitted critic predicting (n, 1 + p) values: reward then costs.
-
-    "linear": a per-task linear feature baseline; "mlp": the shared MLP critic fitted on
-    all tasks. Targets are Monte-Carlo discounted returns-to-go.
-    """
-    obs_n = normalized_obs(policy, roll.obs)
-    targets = np.concatenate([roll.reward[:, None], roll.cost], axis=1)
-    returns = discounted_returns(targets, roll.done, gamma)
-    if kind == "mlp":
-        assert shared is not None
-        shared.fit(obs_n, roll.t, returns, rng)
-        return [shared] * roll.num_tasks
-    critics = []
-    for s in roll.slices:
-        c = LinearCritic(reg)
-        c.fit(obs_n[s], roll.t[s], returns[s])
-        critics.append(c)
-    return critics
-
-
-def task_advantages(roll: Rollout, critic, policy: GaussianPolicy, st: AdaptSettings) -> Advantages:
-    """GAE for reward and every cost of a one-task rollout, with the time-limit bootstrap."""
-    value = critic.predict(normalized_obs(policy, roll.obs), roll.t)
-    t_final = roll.t[roll.truncated] + 1
-    final_value = (
-        critic.predict(normalized_obs(policy, roll.final_obs), t_final) if t_final.size else value[:0]
-    )
-    rc = np.concatenate([roll.reward[:, None], roll.cost], axis=1)
-    adv_all = gae(
-        rc,
-        value,
-        next_values(value, final_value, roll.truncated),
-        roll.terminated,
-        roll.done,
-        st.gamma,
-        st.gae_lambda,
-    )
-    adv, cost_adv = adv_all[:, 0], adv_all[:, 1:]
-    if st.normalize_adv:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    cost_adv = cost_adv - cost_adv.mean(0)  # so the surrogate equals Ĵ_c at π_k exactly
-    ucb = 0.0
-    if st.verify_confidence > 0:  # episode costs are independent: SE of their mean
-        ep = (roll.ep_cost if st.cost_type == "undiscounted" else roll.ep_disc_cost)[0]
-        ucb = st.verify_confidence * ep.std(0, ddof=1) / np.sqrt(len(ep)) if len(ep) > 1 else 0.0
-    return Advantages(adv, cost_adv, roll.cost_return(st.cost_type)[0], kappa_of(roll, st), ucb)
-
-
-def kappa_of(roll: Rollout, st: AdaptSettings) -> float:
-    """Advantage-to-return factor: 1/(1−γ) (SPEC), or the mean episode length when the
-    limit binds the undiscounted cost of a finite episode ("auto")."""
-    if st.kappa == "gamma" or st.cost_type == "discounted":
-        return 1.0 / (1.0 - st.gamma)
-    return float(np.concatenate(roll.ep_length).mean())
+def cost_ucb(ep_cost: np.ndarray, z: float) -> np.ndarray | float:
+    """z·(standard error of Ĵ_c) over a task's (N, p) independent episode costs: the
+    confidence term `verify_confidence` adds to the cost surrogate; 0 when z = 0."""
+    if z <= 0 or len(ep_cost) < 2:
+        return 0.0
+    return z * ep_cost.std(0, ddof=1) / np.sqrt(len(ep_cost))
 
 
 def surrogate_cost(
@@ -159,15 +80,16 @@ def surrogate_cost(
     logp_k: torch.Tensor,
     a: Advantages,
     lam_c: np.ndarray,
+    ucb: np.ndarray | float = 0.0,
 ) -> tuple[np.ndarray, float]:
     """J_c + κ Ê[(π/π_k) A_c] + λ_c E_s[KL(π‖π_k)] (SPEC §2.1 constraint; §2.4 step 4),
-    plus the confidence term z·SE(Ĵ_c) when `verify_confidence` > 0."""
+    plus the confidence term `ucb` (`cost_ucb`)."""
     with torch.no_grad():
         mean, log_std = policy(obs)
         ratio = torch.exp(policy.log_prob(obs, act) - logp_k).double().cpu().numpy()
         mean_k, log_std_k = ref(obs)
         kl = float(gaussian_kl(mean, log_std, mean_k, log_std_k).mean())
-    return a.cost_value + a.cost_ucb + a.kappa * (ratio @ a.cost_adv) / len(ratio) + lam_c * kl, kl
+    return a.cost_value + ucb + a.kappa * (ratio @ a.cost_adv) / len(ratio) + lam_c * kl, kl
 
 
 def project(
@@ -177,22 +99,13 @@ def project(
     logp_k: torch.Tensor,
     b: torch.Tensor,
     eta: float,
-    st: AdaptSettings,
+    cfg: SafeMetaConfig,
     rng: np.random.Generator,
 ) -> GaussianPolicy:
     """SPEC §2.4 step 3 for one task (see `project_batch`)."""
     ones = torch.ones_like(logp_k)[None]
-    return project_batch(
-        [policy_k],
-        obs[None],
-        act[None],
-        logp_k[None],
-        b[None],
-        ones,
-        torch.tensor([eta], dtype=torch.float32, device=obs.device),
-        st,
-        rng,
-    )[0]
+    eta_t = torch.tensor([eta], dtype=torch.float32, device=obs.device)
+    return project_batch([policy_k], obs[None], act[None], logp_k[None], b[None], ones, eta_t, cfg, rng)[0]
 
 
 def project_batch(
@@ -203,7 +116,7 @@ def project_batch(
     b: torch.Tensor,
     mask: torch.Tensor,
     eta: torch.Tensor,
-    st: AdaptSettings,
+    cfg: SafeMetaConfig,
     rng: np.random.Generator,
 ) -> list[GaussianPolicy]:
     """SPEC §2.4 step 3 for T tasks at once: Adam on Σ_τ E_s[KL(π_θτ‖π_kτ)] − (1/η_τ) Ê[(π_θτ/π_kτ) B_τ].
@@ -211,12 +124,12 @@ def project_batch(
     Tensors are (T, n, ...) padded to the longest task; `mask` (T, n) marks real samples.
     """
     stack = StackedGaussian(policies_k).to(obs.device)
-    opt = torch.optim.Adam(stack.parameters(), lr=st.proj_lr)
+    opt = torch.optim.Adam(stack.parameters(), lr=cfg.proj_lr)
     with torch.no_grad():
         mean_k, log_std_k = stack(obs)
     n = obs.shape[1]
-    for _ in range(st.proj_epochs):
-        for idx in np.array_split(rng.permutation(n), max(1, min(st.proj_minibatches, n))):
+    for _ in range(cfg.proj_epochs):
+        for idx in np.array_split(rng.permutation(n), max(1, min(cfg.proj_minibatches, n))):
             i = torch.as_tensor(idx, device=obs.device)
             mean, log_std = stack(obs[:, i])
             kl = gaussian_kl(mean, log_std, mean_k[:, i], log_std_k[:, i])
@@ -230,16 +143,16 @@ def project_batch(
 
 
 def acceptable(
-    sur: np.ndarray, kl: float, cost_value: np.ndarray, bound: np.ndarray, st: AdaptSettings
+    sur: np.ndarray, kl: float, cost_value: np.ndarray, bound: np.ndarray, cfg: SafeMetaConfig
 ) -> bool:
     """The acceptance rule of verification (SPEC §2.4 step 4) for a policy with constraint
     surrogate `sur` and E_s[KL(π‖π_k)] = `kl`: every surrogate ≤ its bound (with
     `verify_recovery` and π_k infeasible: feasible constraints stay so, violated ones
     decrease), all finite, and KL within `verify_max_kl` (the ratio estimator's range)."""
     ok = sur <= bound
-    if st.verify_recovery and np.any(cost_value > bound):
+    if cfg.verify_recovery and np.any(cost_value > bound):
         ok = np.where(cost_value > bound, sur < cost_value, ok)
-    trusted = st.verify_max_kl <= 0 or kl <= st.verify_max_kl
+    trusted = cfg.verify_max_kl <= 0 or kl <= cfg.verify_max_kl
     return bool(np.all(ok) and np.all(np.isfinite(sur)) and trusted)
 
 
@@ -250,58 +163,61 @@ def verify(
     act: torch.Tensor,
     logp_k: torch.Tensor,
     a: Advantages,
-    st: AdaptSettings,
+    cfg: SafeMetaConfig,
     lam_c: np.ndarray,
     bound: np.ndarray,
+    ucb: np.ndarray | float = 0.0,
 ) -> tuple[GaussianPolicy, np.ndarray, float, int, bool]:
     """SPEC §2.4 step 4: back off θ toward θ_k by halving until the surrogate holds."""
     theta_k, theta = policy_k.flat_params(), new.flat_params()
-    for k in range(st.max_backoffs + 1):
+    for k in range(cfg.max_backoffs + 1):
         alpha = 0.5**k
         new.set_flat_params(theta_k + alpha * (theta - theta_k))
-        sur, kl = surrogate_cost(new, policy_k, obs, act, logp_k, a, lam_c)
-        if acceptable(sur, kl, a.cost_value, bound, st):
+        sur, kl = surrogate_cost(new, policy_k, obs, act, logp_k, a, lam_c, ucb)
+        if acceptable(sur, kl, a.cost_value, bound, cfg):
             return new, sur, kl, k, True
-    sur0, _ = surrogate_cost(policy_k, policy_k, obs, act, logp_k, a, lam_c)
-    return policy_k, sur0, 0.0, st.max_backoffs + 1, False
+    sur0, _ = surrogate_cost(policy_k, policy_k, obs, act, logp_k, a, lam_c, ucb)
+    return policy_k, sur0, 0.0, cfg.max_backoffs + 1, False
 
 
 def adapt_step(
     policy_k: GaussianPolicy,
     roll: Rollout,
-    critic,
-    cost_limit: np.ndarray,
-    st: AdaptSettings,
+    critic: Any,
+    params: AdaptParams,
+    cfg: SafeMetaConfig,
     rng: np.random.Generator,
 ) -> AdaptResult:
-    """One verified safe adaptation step from π_k on a one-task rollout (SPEC §2.4)."""
-    return adapt_batch([policy_k], roll, [critic], cost_limit, st, rng)[0]
+    """One verified safe adaptation step from π_k on a one-task rollout (SPEC §2.4), with
+    the advantages of `critic` (what the learner's `estimate` computes for a batch)."""
+    adv = task_advantages(roll, critic, policy_k, cfg.gamma, cfg.gae_lambda, params.cost_type, cfg.kappa,
+                          cfg.normalize_adv)
+    return adapt_batch([policy_k], roll, [adv], params, cfg, rng)[0]
 
 
 def adapt_batch(
     policies_k: list[GaussianPolicy],
     roll: Rollout,
-    critics: list,
-    cost_limit: np.ndarray,
-    st: AdaptSettings,
+    advs: list[Advantages],
+    params: AdaptParams,
+    cfg: SafeMetaConfig,
     rng: np.random.Generator,
 ) -> list[AdaptResult]:
-    """One verified safe adaptation step per task of `roll`, task i from `policies_k[i]`:
-    advantages and the dual per task, one batched projection, verification per task."""
-    t0 = time.perf_counter()
+    """One verified safe adaptation step per task of `roll`, task i from `policies_k[i]`
+    with its advantages `advs[i]`: the dual per task, one batched projection,
+    verification per task."""
+    t1 = time.perf_counter()
     tasks = [roll.task(i) for i in range(roll.num_tasks)]
-    advs = [task_advantages(r, c, pk, st) for r, c, pk in zip(tasks, critics, policies_k)]
     finite = [_finite(a) for a in advs]  # SPEC §8: a non-finite sample is rejected, never used
     advs = [a if ok else _zeroed(a) for a, ok in zip(advs, finite)]
-    p = advs[0].cost_adv.shape[1]
-    lam_c = np.broadcast_to(np.asarray(st.lam_c, np.float64), (p,))
-    delta = np.broadcast_to(np.asarray(st.delta, np.float64), (p,))
-    t1 = time.perf_counter()
-    probs = [DualProblem(a.adv, a.cost_adv, a.cost_value + a.cost_ucb, cost_limit, st.lam, lam_c, delta,
-                         a.kappa) for a in advs]
-    sols = [solve_dual(prob) for prob in probs]
+    episodes = roll.ep_cost if params.cost_type == "undiscounted" else roll.ep_disc_cost
+    ucbs = [cost_ucb(ep, cfg.verify_confidence) for ep in episodes]
+    lam_c, delta = params.lam_c, params.delta
+    probs = [SampleDual(a.adv, a.cost_adv, a.cost_value + ucb, params.cost_limit, params.lam, lam_c, delta,
+                        a.kappa) for a, ucb in zip(advs, ucbs)]
+    sols = [solve_sample_dual(prob) for prob in probs]
     t2 = time.perf_counter()
-    dev = torch.device(st.device)
+    dev = torch.device(cfg.device)
     learners = [copy.deepcopy(pk).to(dev) for pk in policies_k]
     obs, act, mask = (
         _padded([r.obs for r in tasks], dev),
@@ -310,28 +226,24 @@ def adapt_batch(
     )
     with torch.no_grad():  # log π_k on the learner device (= roll.logp up to float error)
         logp_k = torch.stack([lp.log_prob(obs[i], act[i]) for i, lp in enumerate(learners)])
-    bound = cost_limit + delta - st.verify_margin
-    if st.dual == "bisection":
+    bound = params.bound - cfg.verify_margin
+    if cfg.dual == "bisection":
         batch = PaddedBatch(obs, act, logp_k, mask)
-        sols, new = bisect_dual(learners, batch, advs, probs, sols, bound, st, rng)
+        sols, new = bisect_dual(learners, batch, advs, probs, sols, bound, cfg, rng, ucbs)
     else:
         new = project_batch(learners, obs, act, logp_k, _tilt(advs, sols, dev), mask,
-                            _eta(sols, dev), st, rng)
+                            _eta(sols, dev), cfg, rng)
     results = []
     for i, (a, sol) in enumerate(zip(advs, sols)):
         k = len(tasks[i].obs)
         pol, sur, kl, backoffs, ok = verify(
-            new[i], learners[i], obs[i, :k], act[i, :k], logp_k[i, :k], a, st, lam_c, bound
+            new[i], learners[i], obs[i, :k], act[i, :k], logp_k[i, :k], a, cfg, lam_c, bound, ucbs[i]
         )
         ok = ok and finite[i]
         results.append(AdaptResult(pol.to("cpu") if ok else policies_k[i], sol, kl, sur, backoffs, ok))
     t3 = time.perf_counter()
     for r in results:  # the batch's phase times, shared out per task
-        r.times.update(
-            t_adv=(t1 - t0) / len(results),
-            t_dual=(t2 - t1) / len(results),
-            t_projection=(t3 - t2) / len(results),
-        )
+        r.times.update(t_dual=(t2 - t1) / len(results), t_projection=(t3 - t2) / len(results))
     return results
 
 
@@ -353,12 +265,13 @@ def bisect_dual(
     learners: list[GaussianPolicy],
     batch: PaddedBatch,
     advs: list[Advantages],
-    probs: list[DualProblem],
-    sols: list[DualSolution],
+    probs: list[SampleDual],
+    sols: list[SampleDualSolution],
     bound: np.ndarray,
-    st: AdaptSettings,
+    cfg: SafeMetaConfig,
     rng: np.random.Generator,
-) -> tuple[list[DualSolution], list[GaussianPolicy]]:
+    ucbs: list[np.ndarray | float] | None = None,
+) -> tuple[list[SampleDualSolution], list[GaussianPolicy]]:
     """SPEC §2.4 step 2, the alternative to the sample dual: per task, the smallest
     μ = s·direction (s ≥ 0) whose *projected* policy passes the acceptance rule of
     verification (`acceptable`: surrogate bound, KL cap, finiteness, recovery).
@@ -366,7 +279,7 @@ def bisect_dual(
     For p = 1 this is a search over μ itself; for p > 1 it is a one-dimensional search
     along a ray: the sample dual's μ plus the constraints that the s = 0 projection
     breaks. s = 0 is probed first; then from the sample dual's scale (else the scale
-    `solve_dual` brackets from) s doubles while infeasible or halves while feasible,
+    `solve_sample_dual` brackets from) s doubles while infeasible or halves while feasible,
     until an infeasible and a feasible scale bracket the boundary (at most
     `bisect_iters` probes), and `bisect_iters` bisections in log s narrow it. Each probe
     is one batched projection of the tasks still searching. Where the sample dual is
@@ -374,6 +287,7 @@ def bisect_dual(
     projections made with exactly those μ (verification still follows).
     """
     dev, n_tasks = batch.obs.device, len(advs)
+    ucbs = ucbs or [0.0] * n_tasks
 
     Probe = tuple[list[GaussianPolicy], list[np.ndarray], list[bool]]
 
@@ -382,13 +296,13 @@ def bisect_dual(
         at = [solution_at(probs[i], mu) for i, mu in zip(idx, mus)]
         n = batch.obs.shape[1]
         pols = project_batch([learners[i] for i in idx], batch.obs[idx], batch.act[idx], batch.logp_k[idx],
-                             _tilt([advs[i] for i in idx], at, dev, n), batch.mask[idx], _eta(at, dev), st,
+                             _tilt([advs[i] for i in idx], at, dev, n), batch.mask[idx], _eta(at, dev), cfg,
                              rng)
         surs, oks = [], []
         for j, i in enumerate(idx):
-            sur, kl = surrogate_cost(pols[j], learners[i], *batch.task(i), advs[i], probs[i].lam_c)
+            sur, kl = surrogate_cost(pols[j], learners[i], *batch.task(i), advs[i], probs[i].lam_c, ucbs[i])
             surs.append(sur)
-            oks.append(acceptable(sur, kl, advs[i].cost_value, bound, st))
+            oks.append(acceptable(sur, kl, advs[i].cost_value, bound, cfg))
         return pols, surs, oks
 
     everyone = list(range(n_tasks))
@@ -407,9 +321,10 @@ def bisect_dual(
         d = np.maximum(d, (surs[i] > bound).astype(np.float64))  # the constraints the free step breaks
         dirs[i] = d / d.max() if d.max() > 0 else np.ones(p)
         lam_c = float(probs[i].lam_c.max())
-        scale[i] = float(mu.max()) if mu.max() > 0 else (max(st.lam / lam_c, 1e-3) if lam_c > 0 else 1.0)
+        lam = probs[i].lam
+        scale[i] = float(mu.max()) if mu.max() > 0 else (max(lam / lam_c, 1e-3) if lam_c > 0 else 1.0)
         searching.append(i)
-    for _ in range(st.bisect_iters):  # bracket: double while infeasible, halve while feasible
+    for _ in range(cfg.bisect_iters):  # bracket: double while infeasible, halve while feasible
         idx = [i for i in searching if lo[i] == 0 or hi[i] == np.inf]
         if not idx:
             break
@@ -424,7 +339,7 @@ def bisect_dual(
             else:
                 lo[i] = scale[i]
             scale[i] = scale[i] / 2 if lo[i] == 0 else scale[i] * 2
-    for _ in range(st.bisect_iters):  # bisection in log s between an infeasible lo and a feasible hi
+    for _ in range(cfg.bisect_iters):  # bisection in log s between an infeasible lo and a feasible hi
         idx = [i for i in searching if 0 < lo[i] < hi[i] < np.inf]
         if not idx:
             break
@@ -438,13 +353,13 @@ def bisect_dual(
     return [solution_at(probs[i], chosen[i] * dirs[i]) for i in everyone], out
 
 
-def _tilt(advs: list[Advantages], sols: list[DualSolution], dev: torch.device,
+def _tilt(advs: list[Advantages], sols: list[SampleDualSolution], dev: torch.device,
           n: int | None = None) -> torch.Tensor:
     """B = A − Σ_i u_i A_{c_i} per task, padded to n (u = κμ, the slides' scaling)."""
     return _padded([a.adv - a.cost_adv @ sol.u for a, sol in zip(advs, sols)], dev, n)
 
 
-def _eta(sols: list[DualSolution], dev: torch.device) -> torch.Tensor:
+def _eta(sols: list[SampleDualSolution], dev: torch.device) -> torch.Tensor:
     return torch.tensor([sol.eta for sol in sols], dtype=torch.float32, device=dev)
 
 

@@ -23,7 +23,7 @@ from scipy.special import logsumexp
 
 
 @dataclass
-class DualProblem:
+class SampleDual:
     """The sample of one task: advantages under π_k and the constraint data."""
 
     adv: np.ndarray  # (n,) reward advantage A
@@ -60,7 +60,7 @@ class DualProblem:
 
 
 @dataclass
-class DualSolution:
+class SampleDualSolution:
     mu: np.ndarray  # (p,) multipliers of the §2.1 constraints
     u: np.ndarray  # (p,) the slides' u = κμ
     eta: float
@@ -70,7 +70,12 @@ class DualSolution:
     infeasible: bool  # no μ ≤ mu_max satisfies the sample constraints
 
 
-def solve_dual(prob: DualProblem, mu_max: float = 1e6) -> DualSolution:
+# Largest multiplier the dual searches: past it the tilt is the least-cost one and the
+# sample constraints are reported infeasible.
+MU_MAX = 1e6
+
+
+def solve_sample_dual(prob: SampleDual, mu_max: float = MU_MAX) -> SampleDualSolution:
     """Minimise D(μ) over 0 ≤ μ ≤ mu_max (SPEC §2.2)."""
     p = prob.cost_adv.shape[1]
     zero = np.zeros(p)
@@ -84,10 +89,10 @@ def solve_dual(prob: DualProblem, mu_max: float = 1e6) -> DualSolution:
     return solution_at(prob, mu)
 
 
-def solution_at(prob: DualProblem, mu: np.ndarray) -> DualSolution:
+def solution_at(prob: SampleDual, mu: np.ndarray) -> SampleDualSolution:
     """The tilt, weights and sample constraint values at a given μ."""
     _, g, w, kl = prob.stats(mu)
-    return DualSolution(
+    return SampleDualSolution(
         mu=mu,
         u=prob.kappa * mu,
         eta=prob.tilt(mu)[1],
@@ -98,7 +103,7 @@ def solution_at(prob: DualProblem, mu: np.ndarray) -> DualSolution:
     )
 
 
-def _root_1d(prob: DualProblem, mu_max: float) -> np.ndarray:
+def _root_1d(prob: SampleDual, mu_max: float) -> np.ndarray:
     """g(μ) is non-increasing: bracket the root by doubling, then Brent."""
 
     def g(m: float) -> float:
@@ -112,7 +117,7 @@ def _root_1d(prob: DualProblem, mu_max: float) -> np.ndarray:
     return np.array([brentq(g, 0.0, hi, xtol=1e-12, rtol=1e-10)])
 
 
-def _lbfgsb(prob: DualProblem, mu_max: float) -> np.ndarray:
+def _lbfgsb(prob: SampleDual, mu_max: float) -> np.ndarray:
     p = prob.cost_adv.shape[1]
 
     def fun(mu: np.ndarray) -> tuple[float, np.ndarray]:

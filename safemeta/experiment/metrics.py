@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from safemeta.experiment.algorithm import METRIC_COLUMNS, MetricRow
+from safemeta.algorithm import METRIC_COLUMNS, MetricRow
 
 
 class MetricsError(RuntimeError):

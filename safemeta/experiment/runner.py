@@ -27,11 +27,11 @@ import numpy as np
 import yaml
 
 from safemeta import config as C
+from safemeta.algorithm import Algorithm
 from safemeta.algos import algorithm
 from safemeta.envs.base import Suite, Task
 from safemeta.envs.registry import suite as make_suite
 from safemeta.experiment import checkpoint, faults
-from safemeta.experiment.algorithm import Algorithm
 from safemeta.experiment.metrics import MetricsWriter
 from safemeta.experiment.report import write_report
 
@@ -252,6 +252,7 @@ class Run:
                     faults.point("meta_test_row")
         finally:
             metrics.close()
+            algo.close()
             for s, h in old.items():
                 signal.signal(s, h)
         write_report(self.dir, f"{self.r.spec.algo} on {self.r.spec.env} (seed {cfg.seed})")
@@ -454,8 +455,11 @@ def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None
     if metrics_path.exists():
         metrics_path.unlink()
     metrics = MetricsWriter(metrics_path, algo.extra_columns)
-    for row in algo.meta_test(tasks["test"][:n], cfg.test_steps if steps is None else steps):
-        row["iteration"] = payload["next_iteration"]
-        metrics.write(row)
-    metrics.close()
+    try:
+        for row in algo.meta_test(tasks["test"][:n], cfg.test_steps if steps is None else steps):
+            row["iteration"] = payload["next_iteration"]
+            metrics.write(row)
+    finally:
+        metrics.close()
+        algo.close()
     return write_report(run_dir, f"meta-test of {run_dir}", metrics=metrics_path, out=out)

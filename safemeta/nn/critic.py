@@ -16,10 +16,14 @@ from torch import nn
 
 from safemeta.nn.policy import mlp
 
+# Both critics see time as τ = t / TIME_SCALE, so that τ stays O(1) over the suites'
+# horizons (200-1000 steps) and its powers stay well conditioned in the ridge solve.
+TIME_SCALE = 100.0
+
 
 def linear_features(obs: np.ndarray, t: np.ndarray) -> np.ndarray:
     o = np.clip(obs.astype(np.float64), -10, 10)
-    tau = (t.astype(np.float64) / 100.0)[:, None]
+    tau = (t.astype(np.float64) / TIME_SCALE)[:, None]
     return np.concatenate([o, o**2, tau, tau**2, tau**3, np.ones_like(tau)], axis=1)
 
 
@@ -68,7 +72,7 @@ class MLPCritic(nn.Module):
 
     def _x(self, obs: np.ndarray, t: np.ndarray) -> torch.Tensor:
         dev = self.scale.device
-        x = np.concatenate([np.clip(obs, -10, 10), t[:, None] / 100.0], axis=1)
+        x = np.concatenate([np.clip(obs, -10, 10), t[:, None] / TIME_SCALE], axis=1)
         return torch.as_tensor(x, dtype=torch.float32, device=dev)
 
     def fit(

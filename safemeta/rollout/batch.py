@@ -1,8 +1,11 @@
 """A batch of gymnasium envs stepped in lock-step, one call per step (SPEC §9).
 
-Each env runs a quota of episodes; an env whose episode ends is reset at once (its
-true final observation is returned separately, for the time-limit bootstrap), and an
-env whose quota is used up goes idle. On the 2-core machine a synchronous loop beats
+Each env runs a quota of episodes, or, with a step budget, whole episodes until its
+group (a task's envs) has taken at least that many steps; an env whose episode ends is
+reset at once (its true final observation is returned separately, for the time-limit
+bootstrap), and an env whose quota is used up goes idle. Each env draws its reset seeds
+from its own generator (its task's stream), so a group's episodes do not depend on the
+other groups stepped beside it. On the 2-core machine a synchronous loop beats
 subprocess vector envs: MuJoCo stepping dominates and the loop adds microseconds.
 """
 
@@ -57,7 +60,10 @@ class BatchEnv:
         self.remaining = np.zeros(n, np.int64)
         self.t = np.zeros(n, np.int64)  # step index within the current episode
         self._obs = np.zeros((n, self.obs_dim), np.float32)
-        self._rng = np.random.default_rng(0)
+        self._rngs = [np.random.default_rng(0)] * n
+        self.group = np.zeros(n, np.int64)  # env -> its group (task)
+        self.budget: np.ndarray | None = None  # (groups,) step budget; None: episode quotas
+        self.group_steps = np.zeros(1, np.int64)
         self.unstable = 0  # episodes truncated because the physics diverged
         # MuJoCo resets a diverging simulation inside mj_step and counts a warning: the
         # counters are how the sampler sees it (about a microsecond per step).
@@ -67,9 +73,21 @@ class BatchEnv:
     def __len__(self) -> int:
         return len(self.envs)
 
-    def start(self, episodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Begin: env e will run `episodes[e]` episodes. Returns the first observations."""
-        self._rng = rng
+    def start(
+        self,
+        episodes: np.ndarray,
+        rngs: list[np.random.Generator],
+        group: np.ndarray | None = None,
+        step_budget: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Begin: env e will run `episodes[e]` episodes, drawing its reset seeds from
+        `rngs[e]`; with `step_budget`, env e instead starts episodes while its group
+        `group[e]` has taken fewer than `step_budget[group[e]]` steps (every env runs at
+        least one). Returns the first observations."""
+        self._rngs = list(rngs)
+        self.group = np.zeros(len(self.envs), np.int64) if group is None else np.asarray(group, np.int64)
+        self.budget = None if step_budget is None else np.asarray(step_budget, np.int64)
+        self.group_steps = np.zeros(int(self.group.max()) + 1, np.int64)
         self.remaining = np.asarray(episodes, np.int64).copy()
         self.active = self.remaining > 0
         self.t[:] = 0
@@ -78,7 +96,7 @@ class BatchEnv:
         return self._obs.copy()
 
     def _reset(self, e: int) -> np.ndarray:
-        obs, _ = self.envs[e].reset(seed=int(self._rng.integers(2**31 - 1)))
+        obs, _ = self.envs[e].reset(seed=int(self._rngs[e].integers(2**31 - 1)))
         self._warnings[e] = self._sim_warnings(e)
         return np.asarray(obs, np.float32).reshape(-1)
 
@@ -98,6 +116,7 @@ class BatchEnv:
         for e in np.flatnonzero(self.active):
             obs, r, term, trunc, info = self.envs[e].step(clipped[e])
             self.t[e] += 1
+            self.group_steps[self.group[e]] += 1
             cost = cost_vector(info, p)
             obs = np.asarray(obs, np.float32).reshape(-1)
             if self._diverged(e, obs, r, cost):
@@ -126,7 +145,9 @@ class BatchEnv:
     def _end_episode(self, e: int, obs: np.ndarray) -> np.ndarray:
         self.remaining[e] -= 1
         self.t[e] = 0
-        if self.remaining[e] > 0:
+        g = self.group[e]
+        more = self.remaining[e] > 0 if self.budget is None else self.group_steps[g] < self.budget[g]
+        if more:
             return self._reset(e)
         self.active[e] = False
         return obs

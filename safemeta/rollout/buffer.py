@@ -77,6 +77,7 @@ class Rollout:
     ep_disc_cost: list[np.ndarray]  # per task (N, p) discounted episode cost
     ep_length: list[np.ndarray]  # per task (N,)
     extras: dict = field(default_factory=dict)
+    advantages: list | None = None  # per task `rollout.advantages.Advantages`, filled once by the learner
 
     @property
     def done(self) -> np.ndarray:
@@ -115,6 +116,27 @@ class Rollout:
 
     def reward_return(self) -> np.ndarray:
         return np.array([r.mean() for r in self.ep_return])
+
+
+def concat(rolls: list[Rollout]) -> Rollout:
+    """The rollouts of disjoint task batches as one rollout, tasks in the given order."""
+    offsets = np.cumsum([0] + [len(r.obs) for r in rolls])
+    slices = [slice(s.start + int(o), s.stop + int(o)) for r, o in zip(rolls, offsets) for s in r.slices]
+    extras: dict = {}
+    for r in rolls:
+        for k, v in r.extras.items():
+            extras[k] = extras.get(k, 0) + v
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(r, name) for r in rolls])
+
+    return Rollout(
+        obs=cat("obs"), act=cat("act"), logp=cat("logp"), reward=cat("reward"), cost=cat("cost"), t=cat("t"),
+        terminated=cat("terminated"), truncated=cat("truncated"), final_obs=cat("final_obs"), slices=slices,
+        ep_return=[x for r in rolls for x in r.ep_return], ep_cost=[x for r in rolls for x in r.ep_cost],
+        ep_disc_cost=[x for r in rolls for x in r.ep_disc_cost],
+        ep_length=[x for r in rolls for x in r.ep_length], extras=extras,
+    )
 
 
 def next_values(value: np.ndarray, final_value: np.ndarray, truncated: np.ndarray) -> np.ndarray:

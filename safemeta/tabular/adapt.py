@@ -17,13 +17,13 @@ import numpy as np
 from scipy import optimize
 from scipy.special import logsumexp
 
-from safemeta.tabular import checks
+from safemeta import checks
 
 MU_MAX = 1e12  # the dual is declared infeasible when no μ below this satisfies the constraints
 
 
 @dataclass(frozen=True)
-class DualProblem:
+class TabularDual:
     """The data of one adaptation step, checked, in the dual's scaling."""
 
     logp: np.ndarray  # (S, A) log π_k
@@ -61,7 +61,7 @@ class DualProblem:
 
 
 @dataclass(frozen=True)
-class DualSolution:
+class TabularDualSolution:
     u: np.ndarray  # (p,) multipliers in the slides' scaling
     mu: np.ndarray  # (p,) = (1−γ) u
     eta: float
@@ -69,7 +69,7 @@ class DualSolution:
     feasible: bool
 
 
-def solve_dual(prob: DualProblem, tol: float = 1e-12) -> DualSolution:
+def solve_tabular_dual(prob: TabularDual, tol: float = 1e-12) -> TabularDualSolution:
     """μ* = argmin_{μ≥0} D(μ): u = 0 when π_0 is feasible, a bracketing root finder for
     p = 1, L-BFGS-B on the convex dual for p > 1 (SPEC §2.2)."""
     p = prob.slack.shape[0]
@@ -83,10 +83,10 @@ def solve_dual(prob: DualProblem, tol: float = 1e-12) -> DualSolution:
     g = prob.constraint(mu)
     feasible = bool(np.all(g <= 1e-7 * (1 + np.abs(prob.slack))))
     eta = prob.lam + float(mu @ prob.lam_c)
-    return DualSolution(u=mu / (1 - prob.gamma), mu=mu, eta=eta, g=g, feasible=feasible)
+    return TabularDualSolution(u=mu / (1 - prob.gamma), mu=mu, eta=eta, g=g, feasible=feasible)
 
 
-def _root_1d(prob: DualProblem, tol: float) -> np.ndarray:
+def _root_1d(prob: TabularDual, tol: float) -> np.ndarray:
     g = lambda m: float(prob.constraint(np.array([m]))[0])  # noqa: E731 - non-increasing in μ
     hi = 1.0
     while g(hi) > 0:
@@ -97,7 +97,7 @@ def _root_1d(prob: DualProblem, tol: float) -> np.ndarray:
     return np.array([optimize.brentq(g, lo, hi, xtol=tol * max(1.0, hi), rtol=1e-15, maxiter=500)])
 
 
-def _lbfgsb(prob: DualProblem, tol: float) -> np.ndarray:
+def _lbfgsb(prob: TabularDual, tol: float) -> np.ndarray:
     p = prob.slack.shape[0]
     fun = lambda m: (prob.value(m), -prob.constraint(m))  # noqa: E731
     best = None
@@ -111,7 +111,7 @@ def _lbfgsb(prob: DualProblem, tol: float) -> np.ndarray:
     return _polish(prob, np.asarray(best.x), tol)
 
 
-def _polish(prob: DualProblem, mu: np.ndarray, tol: float, iters: int = 30) -> np.ndarray:
+def _polish(prob: TabularDual, mu: np.ndarray, tol: float, iters: int = 30) -> np.ndarray:
     """Newton on the active constraints g_A(μ_A) = 0 (KKT of the dual), so that μ is
     exact to machine precision rather than to L-BFGS-B's tolerance."""
     for _ in range(iters):
@@ -149,7 +149,7 @@ def make_problem(
     lam_c: object,
     delta: object,
     gamma: object,
-) -> DualProblem:
+) -> TabularDual:
     """Check every argument (ValueError naming it) and build the dual problem."""
     f = checks.array("logits", logits, (None, None))
     S, A = f.shape
@@ -171,7 +171,7 @@ def make_problem(
     g = checks.gamma(gamma)
     lam_ = checks.nonneg("lam", lam, strict=True)
     logp = f - logsumexp(f, axis=1, keepdims=True)
-    return DualProblem(logp, adv_, cadv, nu, jc - d - dl, lam_, lc, g)
+    return TabularDual(logp, adv_, cadv, nu, jc - d - dl, lam_, lc, g)
 
 
 def safe_adapt(
@@ -192,12 +192,12 @@ def safe_adapt(
     cost_limit, lam_c, delta (p,). u is in the slides' scaling:
     new_logits = logits + (adv − Σ u_i cost_adv_i)/η, η = λ + (1−γ) Σ u_i λ_{c_i}.
     When no multiplier makes the step feasible (π_k far outside the limits), u is
-    the most conservative one found (MU_MAX scale); see `solve_dual` for the flag.
+    the most conservative one found (MU_MAX scale); see `solve_tabular_dual` for the flag.
     """
     prob = make_problem(
         logits, adv, cost_adv, visitation, cost_value, cost_limit, lam, lam_c, delta, gamma
     )
-    sol = solve_dual(prob)
+    sol = solve_tabular_dual(prob)
     f = np.asarray(logits, dtype=np.float64)
     new = f + (prob.adv - np.tensordot(sol.u, prob.cost_adv, axes=1)) / sol.eta
     return new, sol.u

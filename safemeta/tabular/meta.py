@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from safemeta.algorithm import Algorithm, MetricRow
 from safemeta.config import CommonConfig, ConfigError, param
+from safemeta.core.theory import theory_params
 from safemeta.envs.base import Task
-from safemeta.experiment.algorithm import Algorithm, MetricRow
-from safemeta.tabular.adapt import make_problem, solve_dual
+from safemeta.tabular.adapt import make_problem, solve_tabular_dual
 from safemeta.tabular.cmdp import CMDP, evaluate, softmax
 from safemeta.tabular.meta_grad import full_grad, hessian_free_grad, policy_grad
 from safemeta.tabular.suites import TabularSuite
-from safemeta.tabular.theory import theory_params
 
 
 @dataclass
@@ -99,7 +99,7 @@ class TabularSafeMeta(Algorithm):
         pi = softmax(f)
         ev = evaluate(m, pi)
         prob = make_problem(f, ev.A, ev.Ac, ev.nu, ev.Jc, m.d, lam, lam_c, delta, m.gamma)
-        sol = solve_dual(prob)
+        sol = solve_tabular_dual(prob)
         new = f + (ev.A - np.tensordot(sol.u, ev.Ac, axes=1)) / sol.eta
         q = softmax(new)
         kl = float(ev.nu @ np.sum(q * (np.log(q + 1e-300) - np.log(pi + 1e-300)), axis=1))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from safemeta.tabular.adapt import make_problem, solve_dual
+from safemeta.tabular.adapt import make_problem, solve_tabular_dual
 from safemeta.tabular.cmdp import CMDP, evaluate, softmax
 
 
@@ -25,7 +25,7 @@ def adapt_exact(
     """Adapted logits, u and η of one exact step from logits f on CMDP m."""
     ev = evaluate(m, softmax(f))
     prob = make_problem(f, ev.A, ev.Ac, ev.nu, ev.Jc, m.d, lam, lam_c, delta, m.gamma)
-    sol = solve_dual(prob)
+    sol = solve_tabular_dual(prob)
     new = f + (ev.A - np.tensordot(sol.u, ev.Ac, axes=1)) / sol.eta
     return new, sol.u, sol.eta
 
@@ -90,7 +90,7 @@ def adapted_return_t(
     e = {k: v.detach().numpy() for k, v in ev.items()}
     prob = make_problem(f.detach().numpy(), e["A"], e["Ac"], e["nu"], e["Jc"], m.d, lam, lam_c,
                         delta, m.gamma)
-    mu = torch.as_tensor(solve_dual(prob).mu)
+    mu = torch.as_tensor(solve_tabular_dual(prob).mu)
     active = mu > 0
     if active.any() and not hold_fixed:
         # Implicit function theorem on g_A(μ_A, f) = 0: value μ*, gradient −H⁻¹ ∂g_A/∂f.

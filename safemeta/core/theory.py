@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from safemeta.tabular import checks
+from safemeta import checks
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""The meta-policy's outer step (SPEC §2.6 step 3): TRPO-style natural gradient with a
-KL bound (conjugate gradient + backtracking line search), or a first-order clipped step.
+"""The trust-region policy step (TRPO, Schulman et al. 2015), shared by every algorithm
+that takes one: the meta-policy's outer step (SPEC §2.6 step 3) and the baselines.
 
-`surrogate(policy)` returns a scalar to maximise whose gradient at the current
-parameters is the step direction (the Hessian-free meta-gradient, or minus a cost
-gradient for the CRPO cost step); `kl(policy)` is E_s[KL(π_old‖π)] on the states.
+Natural gradient by conjugate gradient on Fisher-vector products (the Hessian of the
+KL), step size sqrt(2·max_kl / sᵀFs), backtracking line search until the KL bound holds
+and the surrogate improves. `surrogate(policy)` is a scalar to maximise whose gradient
+at the current parameters is the step direction; `kl(policy)` is E_s[KL(π_old‖π)].
 """
 
 from __future__ import annotations
@@ -16,21 +17,9 @@ from safemeta.nn.policy import GaussianPolicy
 
 Objective = Callable[[GaussianPolicy], torch.Tensor]
 
-
-def ratio_surrogate(
-    obs: torch.Tensor, act: torch.Tensor, logp_old: torch.Tensor, weights: torch.Tensor
-) -> Objective:
-    """L(φ') = Ê[(π_φ'(a|s)/π_φ(a|s)) · w]; at φ' = φ its gradient is Ê[w ∇_φ log π_φ(a|s)].
-
-    With w = A^{π_τ} on post-adaptation data this is the Hessian-free meta-gradient of
-    SPEC §2.6 (π_τ ∝ π_φ · exp(B/η) with u held fixed, so π_τ'/π_τ ≈ π_φ'/π_φ); with
-    w = −A_c on π_φ's own data it is the CRPO cost step.
-    """
-
-    def surrogate(pol: GaussianPolicy) -> torch.Tensor:
-        return (torch.exp(pol.log_prob(obs, act) - logp_old) * weights).mean()
-
-    return surrogate
+# The line search accepts a step whose KL exceeds max_kl by this factor: the quadratic
+# model of the KL that sized the step underestimates it a little (as in OpenAI's TRPO).
+KL_TOLERANCE = 1.5
 
 
 def flat_grad(y: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False) -> torch.Tensor:
@@ -85,27 +74,7 @@ def trpo_step(
         policy.set_flat_params(theta + 0.5**k * step)
         with torch.no_grad():
             new, d_kl = float(surrogate(policy)), float(kl(policy))
-        if d_kl <= 1.5 * max_kl and new > base and torch.isfinite(policy.flat_params()).all():
+        if d_kl <= KL_TOLERANCE * max_kl and new > base and torch.isfinite(policy.flat_params()).all():
             return {"accepted": 1.0, "kl": d_kl, "improve": new - base, "ls_steps": float(k)}
     policy.set_flat_params(theta)
     return {"accepted": 0.0, "kl": 0.0, "improve": 0.0, "ls_steps": float(ls_steps)}
-
-
-def first_order_step(
-    policy: GaussianPolicy,
-    surrogate: Objective,
-    kl: Objective,
-    optim: torch.optim.Optimizer,
-    max_grad_norm: float,
-) -> dict[str, float]:
-    """One Adam step on −surrogate with the gradient norm clipped."""
-    theta = policy.flat_params().detach().clone()
-    optim.zero_grad()
-    (-surrogate(policy)).backward()
-    torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
-    optim.step()
-    if not torch.isfinite(policy.flat_params()).all():
-        policy.set_flat_params(theta)
-        return {"accepted": 0.0, "kl": 0.0, "improve": 0.0, "ls_steps": 0.0}
-    with torch.no_grad():
-        return {"accepted": 1.0, "kl": float(kl(policy)), "improve": 0.0, "ls_steps": 0.0}

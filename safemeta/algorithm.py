@@ -1,5 +1,7 @@
 """The contract between the run driver (`experiment/runner.py`) and an algorithm.
 
+It lives outside `experiment/` so that the algorithms know nothing of runs.
+
 The driver owns the run directory, the iteration loop, checkpoints, metrics,
 progress, signals and resume. An algorithm owns learning. It is constructed from
 its config, the suite, the fixed task lists of the run and a `numpy.random.SeedSequence`
@@ -11,7 +13,8 @@ derived from the root seed, and exposes:
 - `meta_test(tasks, steps)`  SPEC §2.7: rows for step 0..steps (step 0 is the
   meta-policy), each with reward mean over tasks, max cost over tasks, violation rate;
 - `state_dict()` / `load_state_dict()`  everything needed to continue exactly,
-  every RNG state included (numpy Generator states, torch generator states).
+  every RNG state included (numpy Generator states, torch generator states);
+- `close()`  release what it holds (envs, workers).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 from safemeta.config import CommonConfig
 from safemeta.envs.base import Suite, Task
 
-# Columns every metrics row has (issue 2); algorithms may add more (dual, kl, phase times).
+# Columns every metrics row has; algorithms may add more (dual, kl, phase times).
 METRIC_COLUMNS = (
     "phase",
     "iteration",
@@ -75,6 +78,9 @@ class Algorithm(abc.ABC):
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 (optional hook: most algorithms hold nothing)
+        """Release envs and workers; the algorithm is not used afterwards."""
 
     def finite(self) -> bool:
         """False when a parameter became non-finite (the driver then restores the last
