@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import importlib
 
-from safemeta.config import ConfigError
 from safemeta.algorithm import Algorithm
+from safemeta.config import ConfigError
 
+# Imported when asked for, so that starting safemeta imports no algorithm.
 _ALGOS: dict[tuple[str, str], str] = {
     ("safemeta", "tabular"): "safemeta.tabular.meta:TabularSafeMeta",
     ("safemeta", "continuous"): "safemeta.core.meta:SafeMeta",
+    ("maml-lag", "continuous"): "safemeta.baselines.maml_lag:MAMLLag",
+    ("meta-cpo", "continuous"): "safemeta.baselines.meta_cpo:MetaCPO",
+    ("meta-crpo", "continuous"): "safemeta.baselines.meta_crpo:MetaCRPO",
+    ("cpo", "continuous"): "safemeta.baselines.cpo:CPO",
+    ("ppo-lag", "continuous"): "safemeta.baselines.ppo_lag:PPOLag",
 }
 
 ALGO_IDS = ("safemeta", "maml-lag", "meta-cpo", "meta-crpo", "cpo", "ppo-lag")

@@ -50,6 +50,27 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cpu | cuda (same as --set device=...)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    c = sub.add_parser("compare", help="several algorithms over seeds on the same tasks and budgets; "
+                       "reruns continue where they stopped")
+    c.add_argument("--env", required=True, help="suite id (see `safemeta envs`)")
+    c.add_argument("--algos", required=True, help="comma-separated algorithm ids, e.g. safemeta,meta-cpo")
+    c.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per algorithm (default 3)")
+    c.add_argument("--preset", default="quick", help="quick | paper")
+    c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field of every algorithm (repeatable)")
+    c.add_argument("--out", default=None, help="comparison directory (default runs/compare-<env>-<preset>)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    b = sub.add_parser("bench", help="time one meta-training iteration and one meta-test per algorithm, "
+                       "interleaved and repeated")
+    b.add_argument("--env", default="halfcheetah-vel", help="suite id (default halfcheetah-vel)")
+    b.add_argument("--algos", default=None, help="comma-separated ids (default: every algorithm)")
+    b.add_argument("--preset", default="quick", help="quick | paper")
+    b.add_argument("--repeats", type=int, default=3, help="repetitions (medians are reported)")
+    b.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field of every algorithm (repeatable)")
+    b.add_argument("--out", default="bench.json", help="JSON file of the medians (default bench.json)")
+
     e = sub.add_parser("test", help="meta-test a trained run")
     e.add_argument("run_dir", help="a run directory written by `safemeta train`")
     e.add_argument("--tasks", type=int, default=None, help="number of test tasks")
@@ -95,7 +116,42 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _test(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "compare":
+        return _compare(args)
+    if args.command == "bench":
+        return _bench(args)
     return _train(args)
+
+
+def _algos(text: str | None) -> list[str]:
+    from safemeta.algos import ALGO_IDS
+
+    return [a.strip() for a in text.split(",") if a.strip()] if text else list(ALGO_IDS)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from safemeta.experiment.compare import CompareSpec, compare
+
+    spec = CompareSpec(env=args.env, algos=_algos(args.algos), seeds=args.seeds, preset=args.preset,
+                       overrides=C.parse_overrides(args.sets), out=args.out)
+    path = compare(spec, progress=not args.no_progress)
+    if path is None:
+        print("interrupted: rerun the same command to continue")
+        return 0
+    print(f"report: {path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from safemeta.experiment.bench import bench, table
+
+    if not 1 <= args.repeats <= 100:
+        raise C.ConfigError(f"--repeats: got {args.repeats}; accepted 1..100")
+    result = bench(args.env, _algos(args.algos), args.preset, args.repeats, C.parse_overrides(args.sets),
+                   Path(args.out))
+    print(table(result))
+    print(f"medians of {args.repeats} interleaved repeats written to {args.out}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

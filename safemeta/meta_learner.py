@@ -108,6 +108,7 @@ class MetaLearner(Algorithm):
     """π_φ, critics, sampler, streams, loop, validation, meta-test, timing and state."""
 
     Config: ClassVar[type[GaussianConfig]] = GaussianConfig
+    meta_learning: ClassVar[bool] = True  # False: from scratch on each test task (iterations 0)
     # keys of `TaskPolicy.log`, averaged over tasks into every row (zeros at meta-test's last step)
     step_columns: ClassVar[tuple[str, ...]] = ()
     # an algorithm's breakdown of `t_adapt` (included in it)

@@ -22,8 +22,10 @@ Objective = Callable[[GaussianPolicy], torch.Tensor]
 KL_TOLERANCE = 1.5
 
 
-def flat_grad(y: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False) -> torch.Tensor:
-    grads = torch.autograd.grad(y, params, create_graph=create_graph, allow_unused=True)
+def flat_grad(y: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False,
+              retain_graph: bool | None = None) -> torch.Tensor:
+    grads = torch.autograd.grad(y, params, create_graph=create_graph, retain_graph=retain_graph,
+                                allow_unused=True)
     return torch.cat(
         [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
     )
@@ -63,9 +65,12 @@ def trpo_step(
     if not torch.isfinite(g).all() or g.norm() == 0:
         return {"accepted": 0.0, "kl": 0.0, "improve": 0.0, "ls_steps": 0.0}
 
+    # ∇KL once with its graph kept; each Fisher-vector product differentiates it again (as
+    # pytorch-maml-rl): a MAML-style KL then recomputes its inner steps once, not per CG iteration
+    grad_kl = flat_grad(kl(policy), params, create_graph=True)
+
     def fvp(v: torch.Tensor) -> torch.Tensor:  # Fisher-vector product via the KL Hessian
-        grad_kl = flat_grad(kl(policy), params, create_graph=True)
-        return flat_grad(grad_kl @ v, params) + damping * v
+        return flat_grad(grad_kl @ v, params, retain_graph=True) + damping * v
 
     s = conjugate_gradient(fvp, g, cg_iters)
     step = torch.sqrt(2 * max_kl / (s @ fvp(s) + 1e-12)) * s

@@ -1,0 +1,184 @@
+"""`safemeta compare`: every algorithm on the same tasks and budgets, over seeds (SPEC §3, §5).
+
+A comparison directory:
+    compare.yaml         what makes its runs comparable (suite, preset, --set values)
+    tasks-s<seed>.json   the validation and test tasks of a seed, shared by every algorithm
+    <algo>/s<seed>/      one run directory each (`safemeta train`'s layout)
+    report/              compare.md, meta_train.png, meta_test.png, time.png, compare.json
+
+Rerunning the command continues: a finished run is kept, an interrupted one resumes
+from its checkpoint (exactly, on CPU), a missing one starts; more algorithms or seeds
+may be asked for later (the suite, preset and --set values must stay). The report, on
+the algorithms and seeds asked for, is written from the runs' metrics alone, so an
+interrupted-then-resumed comparison reports the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+from safemeta import config as C
+from safemeta.experiment import checkpoint
+from safemeta.experiment.metrics import read_rows
+from safemeta.experiment.runner import Resolved, Run, RunSpec, resolve
+
+# What must be equal for a comparison to be fair: the data every algorithm sees per task
+# and the networks it learns with. Iterations are compared among meta-learning algorithms
+# only (from-scratch ones do not meta-train).
+BUDGET_FIELDS = ("meta_batch", "episodes_per_task", "steps_per_task", "horizon", "envs_per_task",
+                 "eval_episodes", "val_tasks", "test_tasks", "test_steps", "hidden", "gamma", "critic",
+                 "init_log_std")
+
+
+@dataclass
+class CompareSpec:
+    env: str
+    algos: list[str]
+    seeds: int = 3
+    preset: str = "quick"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    out: str | None = None
+
+    def header(self) -> dict[str, Any]:
+        """What makes runs comparable; algorithms and seeds may be added to a comparison later."""
+        return {"env": self.env, "preset": self.preset,
+                "overrides": {k: str(v) for k, v in sorted(self.overrides.items())}}
+
+
+def resolve_all(spec: CompareSpec) -> dict[str, Resolved]:
+    """Every algorithm's resolved config (seed 0), or ConfigError with one line: an unknown
+    algorithm, a --set key some algorithm lacks, or budgets that differ."""
+    if not spec.algos:
+        raise C.ConfigError("--algos: got none; accepted a comma-separated list of algorithm ids")
+    if len(set(spec.algos)) != len(spec.algos):
+        raise C.ConfigError(f"--algos: {','.join(spec.algos)} names an algorithm twice")
+    if not 1 <= spec.seeds <= 100:
+        raise C.ConfigError(f"--seeds: got {spec.seeds}; accepted 1..100")
+    out: dict[str, Resolved] = {}
+    for algo in spec.algos:
+        r = resolve(RunSpec(env=spec.env, algo=algo, preset=spec.preset, overrides={}))
+        names = {f for f in C.to_dict(r.cfg)}
+        missing = [k for k in spec.overrides if k not in names]
+        if missing:
+            raise C.ConfigError(f"--set: {algo} has no field {missing[0]!r}; a comparison's --set must "
+                                "apply to every algorithm")
+        out[algo] = resolve(RunSpec(env=spec.env, algo=algo, preset=spec.preset,
+                                    overrides=_run_overrides(spec.overrides, r)))
+    _check_budgets(out)
+    return out
+
+
+def _run_overrides(overrides: dict[str, Any], r: Resolved) -> dict[str, Any]:
+    """The --set values, except that from-scratch algorithms keep iterations = 0."""
+    meta = getattr(r.algo_cls, "meta_learning", True)
+    return {k: v for k, v in overrides.items() if meta or k != "iterations"}
+
+
+def _check_budgets(resolved: dict[str, Resolved]) -> None:
+    first_algo, first = next(iter(resolved.items()))
+    base = C.to_dict(first.cfg)
+    meta = {a: r for a, r in resolved.items() if getattr(r.algo_cls, "meta_learning", True)}
+    for algo, r in resolved.items():
+        have = C.to_dict(r.cfg)
+        for key in BUDGET_FIELDS:
+            if key in base and have.get(key) != base[key]:
+                raise C.ConfigError(f"budgets differ: {key} is {base[key]!r} for {first_algo} and "
+                                    f"{have.get(key)!r} for {algo}; set it for all with --set {key}=...")
+    its = {a: r.cfg.iterations for a, r in meta.items()}
+    if len(set(its.values())) > 1:
+        raise C.ConfigError(f"budgets differ: iterations {its}; set it for all with --set iterations=N")
+
+
+def seed_tasks(resolved: Resolved, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """The seed's validation and test tasks: the draws `safemeta train --seed` makes."""
+    task_seq, _ = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(task_seq)
+    suite, cfg = resolved.suite, resolved.cfg
+    return {"val": [t.to_dict() for t in suite.sample_tasks(cfg.val_tasks, rng, "train")],
+            "test": [t.to_dict() for t in suite.sample_tasks(cfg.test_tasks, rng, "test")]}
+
+
+class Comparison:
+    def __init__(self, spec: CompareSpec, log: Callable[[str], None] = print) -> None:
+        self.spec, self.log = spec, log
+        self.dir = Path(spec.out or f"runs/compare-{spec.env}-{spec.preset}")
+        self.resolved = resolve_all(spec)
+
+    def prepare(self) -> None:
+        path = self.dir / "compare.yaml"
+        want = self.spec.header()
+        if path.exists():
+            have = yaml.safe_load(path.read_text()) or {}
+            if have != want:
+                diff = [k for k in want if have.get(k) != want[k]]
+                raise C.ConfigError(f"out: {self.dir} holds another comparison (its {', '.join(diff)} "
+                                    "differ); use another --out or the same arguments")
+            return
+        if self.dir.exists() and any(self.dir.iterdir()):
+            raise C.ConfigError(f"out: {self.dir} exists and is not a safemeta comparison directory")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_atomic(path, yaml.safe_dump(want, sort_keys=False).encode())
+
+    def run_dir(self, algo: str, seed: int) -> Path:
+        return self.dir / algo / f"s{seed}"
+
+    def run(self, progress: bool = True) -> bool:
+        """Every missing or unfinished (algo, seed); False if interrupted."""
+        self.prepare()
+        first = next(iter(self.resolved.values()))
+        total, k = self.spec.seeds * len(self.spec.algos), 0
+        for seed in range(self.spec.seeds):
+            task_file = self.dir / f"tasks-s{seed}.json"
+            if not task_file.exists():
+                checkpoint.write_atomic(task_file, json.dumps(seed_tasks(first, seed), indent=1).encode())
+            for algo in self.spec.algos:
+                k += 1
+                out = self.run_dir(algo, seed)
+                if (out / "DONE").exists():
+                    self.log(f"[{k}/{total}] {algo} seed {seed}: done")
+                    continue
+                resuming = (out / "config.yaml").exists()
+                self.log(f"[{k}/{total}] {algo} seed {seed}: {'resuming' if resuming else 'starting'}")
+                r = self.resolved[algo]
+                spec = RunSpec(env=self.spec.env, algo=algo, preset=self.spec.preset,
+                               overrides={**_run_overrides(self.spec.overrides, r), "seed": seed},
+                               out=str(out), resume=resuming, task_file=str(task_file))
+                if not Run(resolve(spec), log=self.log).train(progress=progress):
+                    return False
+        return True
+
+    def rows(self) -> dict[str, list[list[dict[str, Any]]]]:
+        """algo -> per seed, the rows of its metrics.csv (finished runs only)."""
+        out: dict[str, list[list[dict[str, Any]]]] = {}
+        for algo in self.spec.algos:
+            out[algo] = [read_rows(self.run_dir(algo, s) / "metrics.csv") for s in range(self.spec.seeds)
+                         if (self.run_dir(algo, s) / "DONE").exists()]
+        return out
+
+
+def compare(spec: CompareSpec, progress: bool = True, log: Callable[[str], None] = print) -> Path | None:
+    """Run what is missing, then write the report; None if interrupted."""
+    from safemeta.experiment.compare_report import write_compare_report
+
+    c = Comparison(spec, log)
+    if not c.run(progress):
+        return None
+    budget = _budget_line(next(iter(c.resolved.values())))
+    return write_compare_report(c.dir / "report", spec.env, c.rows(), budget,
+                                {a: r.cfg.iterations for a, r in c.resolved.items()})
+
+
+def _budget_line(r: Resolved) -> str:
+    cfg = r.cfg
+    horizon = cfg.horizon or r.suite.horizon
+    data = (f"{cfg.steps_per_task} environment steps (whole episodes)" if cfg.steps_per_task
+            else f"{cfg.episodes_per_task} episodes of at most {horizon} steps")
+    return (f"budget per task and data collection: {data}; {cfg.meta_batch} tasks per meta-iteration; "
+            f"meta-test: {cfg.test_tasks} tasks x {cfg.test_steps} adaptation steps, "
+            f"{cfg.eval_episodes} evaluation episodes per policy")
