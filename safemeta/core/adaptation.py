@@ -11,8 +11,8 @@ From data collected by π_k on one task:
    (= E_s[KL(π_θ‖π*)] + const, π* ∝ π_k exp(B/η)) with Adam for a few epochs;
 4. verification: the constraint surrogate J_c + κ Ê[(π_θ/π_k) A_c] + λ_c KL of π_θ must
    hold with a margin (and, by default, KL ≤ verify_max_kl: the importance-weighted
-   estimate is unreliable far from π_k; measured on halfcheetah-vel, the adapted
-   policies that exceeded the limit were those with KL ≳ 0.25); otherwise back off θ
+   estimate is unreliable far from π_k, where the adapted policies that exceeded the
+   limit were found (README)); otherwise back off θ
    toward θ_k by halving; if nothing holds, keep π_k. A policy that failed the check is
    never returned.
 """

@@ -1,4 +1,4 @@
-"""Gymnasium's v5 MuJoCo models, compiled without littering (issue 3).
+"""Gymnasium's v5 MuJoCo models, compiled without littering.
 
 Gymnasium's ``half_cheetah.xml`` sets ``<compiler settotalmass="14">``. MuJoCo 4
 deprecates that attribute: compiling it prints a warning and appends it to

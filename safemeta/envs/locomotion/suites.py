@@ -40,7 +40,7 @@ from safemeta.envs.locomotion.envs import (
 )
 from safemeta.envs.locomotion.tasks import DirectionTask, VelocityTask
 
-PAPER_HORIZON = 200  # SPEC §4.1 / issue 3: paper preset episode length
+PAPER_HORIZON = 200  # SPEC §4.1: the episode length the velocity tasks' limits are quoted for
 
 
 class LocomotionSuite(Suite):
