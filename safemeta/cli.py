@@ -77,6 +77,32 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None, help="adaptation steps per task")
     e.add_argument("--task-file", default=None, metavar="FILE",
                    help="JSON list of test tasks (or {\"test\": [...]}) instead of the run's own")
+
+    v = sub.add_parser("render", help="watch a trained run's meta-policy and its safe adaptation on one "
+                       "task (a GIF or MP4 with reward, cost and limit on every frame)")
+    v.add_argument("run_dir", help="a run directory written by `safemeta train`")
+    which = v.add_mutually_exclusive_group()
+    which.add_argument("--task", type=int, default=None, metavar="K",
+                       help="test task K of the run (tasks.json; default 0)")
+    which.add_argument("--task-file", default=None, metavar="FILE",
+                       help="JSON list of tasks (as `safemeta envs` shows); its first task is rendered")
+    v.add_argument("--steps", type=int, default=None, metavar="T",
+                   help="adaptation steps (default the run's test_steps); policies 0..T are shown")
+    v.add_argument("--out", default=None, metavar="FILE",
+                   help="a .gif or .mp4 (mp4 needs imageio-ffmpeg; default RUN_DIR/render/task<K>.gif)")
+    v.add_argument("--frames", type=int, default=40, help="frames per policy (default 40)")
+    v.add_argument("--every", type=int, default=0,
+                   help="env steps between frames (default: the horizon spread over --frames)")
+    v.add_argument("--size", default="320x270", metavar="WxH",
+                   help="one policy's panel in pixels, labels included (default 320x270)")
+    v.add_argument("--layout", default="auto",
+                   help="side | sequence | auto (side by side up to 4 policies; default)")
+    v.add_argument("--fps", type=int, default=10, help="frames per second (default 10)")
+    v.add_argument("--mean", action="store_true",
+                   help="act with the mean action (default: sampled actions, what the costs measure)")
+    v.add_argument("--seed", type=int, default=0, help="start state and action noise of the episodes")
+    v.add_argument("--hq", action="store_true",
+                   help="MuJoCo's shadows, reflections and anti-aliasing (about 10x slower without a GPU)")
     return p
 
 
@@ -120,7 +146,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _compare(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "render":
+        return _render(args)
     return _train(args)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from safemeta.experiment.render import VideoSpec, render_run
+
+    try:
+        width, height = (int(x) for x in args.size.lower().split("x"))
+    except ValueError:
+        raise C.ConfigError(f"--size: got {args.size!r}; accepted WIDTHxHEIGHT, e.g. 320x270") from None
+    spec = VideoSpec(frames=args.frames, every=args.every, size=(width, height), layout=args.layout,
+                     fps=args.fps, mean=args.mean, seed=args.seed, hq=args.hq)
+    path, clips = render_run(Path(args.run_dir), args.task, args.task_file, args.steps,
+                             Path(args.out) if args.out else None, spec)
+    for c in clips:
+        print(f"step {c.step}: reward {c.reward[-1]:.4g}, cost {c.cost[-1, 0]:.4g} over {c.t[-1]} env steps; "
+              f"{int(c.marks.sum())} of {len(c.marks)} frames with positive cost")
+    print(f"video: {path}")
+    return 0
 
 
 def _algos(text: str | None) -> list[str]:

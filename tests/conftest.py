@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import torch
+
+# No report GIF in runs the tests make (about 1.3 s each); the render tests turn it on.
+os.environ.setdefault("SAFEMETA_REPORT_VIDEO", "0")
 
 
 @pytest.fixture(autouse=True)

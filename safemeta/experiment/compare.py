@@ -153,6 +153,21 @@ class Comparison:
                     return False
         return True
 
+    def videos(self) -> dict[str, str]:
+        """algo -> the report GIF of its first seed (copied next to the report), or the
+        one line that says why there is none."""
+        out = {}
+        for algo in self.spec.algos:
+            gif = self.run_dir(algo, 0) / "report" / "policy.gif"
+            dest = self.dir / "report" / f"{algo}.gif"
+            if gif.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(gif.read_bytes())
+                out[algo] = f"![{algo}]({dest.name})"
+            else:
+                out[algo] = f"{algo}: no video (its first seed's report has none)."
+        return out
+
     def rows(self) -> dict[str, list[list[dict[str, Any]]]]:
         """algo -> per seed, the rows of its metrics.csv (finished runs only)."""
         out: dict[str, list[list[dict[str, Any]]]] = {}
@@ -171,7 +186,7 @@ def compare(spec: CompareSpec, progress: bool = True, log: Callable[[str], None]
         return None
     budget = _budget_line(next(iter(c.resolved.values())))
     return write_compare_report(c.dir / "report", spec.env, c.rows(), budget,
-                                {a: r.cfg.iterations for a, r in c.resolved.items()})
+                                {a: r.cfg.iterations for a, r in c.resolved.items()}, c.videos())
 
 
 def _budget_line(r: Resolved) -> str:

@@ -149,7 +149,7 @@ def summary(data: dict[str, list[list[dict[str, Any]]]], limit: float | None) ->
 
 
 def write_compare_report(out: Path, env: str, data: dict[str, list[list[dict[str, Any]]]], budget: str,
-                         iterations: dict[str, int]) -> Path:
+                         iterations: dict[str, int], videos: dict[str, str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     limit = next((r["cost_limit"] for runs in data.values() for rows in runs for r in rows
                   if r.get("cost_limit") is not None), None)
@@ -186,6 +186,11 @@ def write_compare_report(out: Path, env: str, data: dict[str, list[list[dict[str
                              [[a, e["seeds"], _ci(e["final_reward"]), _ci(e["final_cost_max"]),
                                _ci(e["violation_rate"]), e["wall_train_s"]] for a, e in table.items()]),
               "", f"Cost limit: {_num(limit)}.", ""]
+    if videos:
+        parts += ["## What the policies do", "",
+                  "Seed 0 of each algorithm, test task 0: the meta-policy (step 0) beside the policy "
+                  "after the last adaptation step; a red border marks frames with cost.", ""]
+        parts += [f"**{a}**\n\n{v}\n" for a, v in videos.items()]
     (out / "compare.md").write_text("\n".join(parts))
     (out / "compare.json").write_text(json.dumps(
         {"env": env, "limit": limit, "budget": budget, "meta_train": fig_train, "meta_test": fig_test,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from safemeta.envs.registry import suite, suite_ids
+from safemeta.envs.registry import load_plugins, suite, suite_ids
 
 
 def describe(suite_id: str) -> dict[str, Any]:
@@ -35,6 +35,8 @@ def _example(s: Any) -> str:
 
 
 def print_envs() -> None:
+    # An installed package's broken or colliding suite is one line (exit 2) before any output.
+    load_plugins()
     for sid in suite_ids():
         try:
             d = describe(sid)

@@ -67,8 +67,9 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def write_report(run_dir: Path, title: str, metrics: Path | None = None,
-                 out: Path | None = None) -> Path:
-    """Figures and `report.md` from a run's metrics; returns the report path."""
+                 out: Path | None = None, video: list[str] | None = None) -> Path:
+    """Figures and `report.md` from a run's metrics; returns the report path. `video`: the
+    Markdown lines of the policy's video section (`render.report_video`), after meta-test."""
     rows = read_rows(metrics or run_dir / "metrics.csv")
     out = out or run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -107,6 +108,7 @@ def write_report(run_dir: Path, title: str, metrics: Path | None = None,
                                    r["cost_limit"], r["violation_rate"], r["time_s"]] for r in test]),
                   "", f"**Anytime safety**: {_num(viol)} of (task, step) pairs exceed the limit "
                   f"({'all within the limit' if viol == 0 else 'VIOLATIONS'}).", ""]
+    parts += video or []
     summary = summary_rows(train, test)
     if summary:
         parts += ["## Summary", "", markdown_table(["quantity", "value"], summary), ""]

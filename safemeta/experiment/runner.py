@@ -33,6 +33,7 @@ from safemeta.envs.base import Suite, Task
 from safemeta.envs.registry import suite as make_suite
 from safemeta.experiment import checkpoint, faults
 from safemeta.experiment.metrics import MetricsWriter
+from safemeta.experiment.render import report_video
 from safemeta.experiment.report import write_report
 
 PRESETS = ("quick", "paper")
@@ -250,12 +251,13 @@ class Run:
                     row["iteration"] = cfg.iterations
                     metrics.write(row)
                     faults.point("meta_test_row")
+            video = report_video(algo, tasks["test"][0], cfg.test_steps, self.dir / "report")
         finally:
             metrics.close()
             algo.close()
             for s, h in old.items():
                 signal.signal(s, h)
-        write_report(self.dir, f"{self.r.spec.algo} on {self.r.spec.env} (seed {cfg.seed})")
+        write_report(self.dir, f"{self.r.spec.algo} on {self.r.spec.env} (seed {cfg.seed})", video=video)
         (self.dir / "DONE").write_text("complete\n")
         return True
 
@@ -405,8 +407,9 @@ def read_run_config(path: Path) -> dict[str, Any]:
 def resume_command(r: Resolved) -> str:
     sets = " ".join(f"--set {k}={v}" for k, v in r.spec.overrides.items())
     conf = f" --config {r.spec.config_file}" if r.spec.config_file else ""
+    tasks = f" --task-file {r.spec.task_file}" if r.spec.task_file else ""
     return (f"safemeta train --env {r.spec.env} --algo {r.spec.algo} --preset {r.spec.preset}"
-            f"{conf} {sets} --out {r.out} --resume").replace("  ", " ")
+            f"{conf}{tasks} {sets} --out {r.out} --resume").replace("  ", " ")
 
 
 def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:
@@ -455,11 +458,13 @@ def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None
     if metrics_path.exists():
         metrics_path.unlink()
     metrics = MetricsWriter(metrics_path, algo.extra_columns)
+    steps = cfg.test_steps if steps is None else steps
     try:
-        for row in algo.meta_test(tasks["test"][:n], cfg.test_steps if steps is None else steps):
+        for row in algo.meta_test(tasks["test"][:n], steps):
             row["iteration"] = payload["next_iteration"]
             metrics.write(row)
+        video = report_video(algo, tasks["test"][0], steps, out)
     finally:
         metrics.close()
         algo.close()
-    return write_report(run_dir, f"meta-test of {run_dir}", metrics=metrics_path, out=out)
+    return write_report(run_dir, f"meta-test of {run_dir}", metrics=metrics_path, out=out, video=video)
