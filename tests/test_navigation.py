@@ -248,7 +248,7 @@ def test_button_lidars_in_env() -> None:
         obs, *_ = env.step(env.action_space.sample())
     pos, mat = env.data.body("agent").xpos, env.data.body("agent").xmat
     groups = [np.array(BUTTONS), np.array([BUTTONS[env.goal]]), np.array(env.task.hazards),
-              env.data.mocap_pos[:1, :2]]
+              env.data.body("gremlin0").xpos[None, :2]]  # the box, not its target
     if env.timer:
         groups[0] = groups[0][:0]
     for k, points in enumerate(groups):
