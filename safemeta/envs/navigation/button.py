@@ -366,7 +366,8 @@ class PointButtonSuite(Suite):
 
     id = "point-button"
     description = ("Point robot presses the goal button among four; wrong buttons, hazards "
-                   "and orbiting gremlins cost.")
+                   "and orbiting gremlins cost (Safety-Gymnasium Button mechanics and layout "
+                   "rules; train resembles SafetyPointButton1, test SafetyPointButton2).")
     task_type = ButtonTask
     family = "continuous"
     horizon = HORIZON
