@@ -261,7 +261,58 @@ def worker(request: dict) -> dict:
         box = env.observation_space
         spaces[name] = {"dim": int(box.shape[0]), "low": box.low.tolist(), "high": box.high.tolist()}
     out["spaces"] = spaces
+    out["car_circle"] = _sg_car_circle(request["car_seeds"], CAR_STEPS)
+    out["button_obs"] = _sg_button_obs(request["car_seeds"])
     out["speed"] = _sg_speed(request["speed_steps"])
+    return out
+
+
+CAR_STEPS = 50
+CAR_CHECKED = (0, 1, 10, 50)  # observations compared after these many steps
+
+
+def _car_actions(seed: int) -> np.ndarray:
+    return np.random.default_rng(100 + seed).uniform(-1, 1, (CAR_STEPS, 2))
+
+
+def _sg_car_circle(seeds: list[int], steps: int) -> list[dict]:
+    """SafetyCarCircle1 from reset(seed): its start state and observations under fixed
+    random actions."""
+    import safety_gymnasium
+
+    env = safety_gymnasium.make("SafetyCarCircle1-v0")
+    out = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        qpos = env.unwrapped.task.data.qpos.tolist()
+        seen = {0: obs.tolist()}
+        for k, a in enumerate(_car_actions(seed), 1):
+            obs, *_ = env.step(a)
+            if k in CAR_CHECKED:
+                seen[k] = obs.tolist()
+        out.append({"qpos": qpos, "obs": seen})
+    return out
+
+
+def _sg_button_obs(seeds: list[int]) -> list[dict]:
+    """SafetyPointButton1 from reset(seed): layout and observations under fixed random
+    actions (with Safety-Gym's own lidar; a seed whose lidar fails is left out)."""
+    side = SGSide()
+    del side.task._obs_lidar  # the real lidar here
+    out = []
+    for seed in seeds:
+        layout = side.draw(seed)
+        obs = side.task.obs()
+        seen, poses = {0: obs.tolist()}, []
+        try:
+            for k, a in enumerate(_car_actions(seed), 1):
+                obs, *_ = side.env.unwrapped.step(a)
+                poses.append([*side.agent_pose(), *map(side.gremlin_xy, range(4))])
+                if k in CAR_CHECKED:
+                    seen[k] = obs.tolist()
+        except IndexError:
+            continue
+        out.append({"layout": layout, "obs": seen, "poses": poses})
     return out
 
 
@@ -336,6 +387,58 @@ class OurSide:
 
     def dt(self) -> float:
         return float(self._env.dt)
+
+
+def _our_car_circle(theirs: list[dict], seeds: list[int]) -> dict[int, float]:
+    """car-circle-nohazards on SafetyCarCircle1's start states (radius 1.5, walls 1.125),
+    same actions: max |observation difference| after 0, 1, 10, 50 steps."""
+    import mujoco
+
+    from safemeta.envs.navigation import CarCircleNoHazardsSuite, CircleTask
+
+    env = CarCircleNoHazardsSuite().make(CircleTask(radius=1.5, wall=1.125))
+    worst = {k: 0.0 for k in CAR_CHECKED}
+    for seed, run in zip(seeds, theirs):
+        env.reset(seed=seed)
+        env.data.qpos[:] = run["qpos"]
+        env.data.qvel[:] = 0.0
+        mujoco.mj_forward(env.model, env.data)
+        obs = env._observe()
+        mine = {0: obs}
+        for k, a in enumerate(_car_actions(seed), 1):
+            obs, *_ = env.step(a.astype(np.float32))
+            if k in CAR_CHECKED:
+                mine[k] = obs
+        for k in CAR_CHECKED:
+            worst[k] = max(worst[k], float(np.abs(mine[k] - np.array(run["obs"][str(k)])).max()))
+    return worst
+
+
+def _our_button_obs(theirs: list[dict]) -> dict[str, list[float]]:
+    """point-button on SafetyPointButton1's reset states, same actions: max |difference|
+    of the lidars and of the sensors after 0, 1, 10, 50 steps, and the agent's distance
+    between the two sides after each checked step."""
+    side = OurSide()
+    out = {"lidars": [0.0] * len(CAR_CHECKED), "sensors": [0.0] * len(CAR_CHECKED),
+           "agent_mm": [0.0] * len(CAR_CHECKED)}
+    for run in theirs:
+        side.start(run["layout"])
+        env = side._env
+        obs, k = env._observe(), 0
+        for k in range(CAR_STEPS + 1):
+            if k:
+                obs, *_ = env.step(_car_actions(run["layout"]["seed"])[k - 1].astype(np.float32))
+            if k not in CAR_CHECKED:
+                continue
+            i = CAR_CHECKED.index(k)
+            diff = np.abs(obs - np.array(run["obs"][str(k)]))
+            out["lidars"][i] = max(out["lidars"][i], float(diff[12:].max()))
+            out["sensors"][i] = max(out["sensors"][i], float(diff[:12].max()))
+            if k:
+                x, y, _ = side.agent_pose()
+                out["agent_mm"][i] = max(out["agent_mm"][i],
+                                         1000 * math.dist((x, y), run["poses"][k - 1][:2]))
+    return out
 
 
 def _tuples(points: list) -> tuple:
@@ -437,6 +540,18 @@ def report(theirs: dict, seeds: list[int], gremlin_seeds: int) -> None:
     rows.append(("5. Car-Circle observation width", f"car-circle {dims['car-circle'].shape[0]}, "
                  f"car-circle-nohazards {dims['car-circle-nohazards'].shape[0]}",
                  f"SafetyCarCircle1 {theirs['spaces']['SafetyCarCircle1-v0']['dim']}", ""))
+    car = _our_car_circle(theirs["car_circle"], list(range(len(theirs["car_circle"]))))
+    rows.append((f"5. car-circle-nohazards vs SafetyCarCircle1, same states and actions "
+                 f"({len(theirs['car_circle'])} starts): max |obs difference| after "
+                 + ", ".join(map(str, CAR_CHECKED)) + " steps",
+                 ", ".join(f"{v:.1e}" for v in car.values()), "", ""))
+    but = _our_button_obs(theirs["button_obs"])
+    n = len(theirs["button_obs"])
+    for key, what in (("agent_mm", "agent position difference, mm"),
+                      ("lidars", "max |lidar difference|"), ("sensors", "max |sensor difference|")):
+        rows.append((f"6. point-button vs SafetyPointButton1, same states and actions ({n} resets): "
+                     f"{what} after " + ", ".join(map(str, CAR_CHECKED)) + " steps",
+                     ", ".join(f"{v:.1e}" for v in but[key]), "", ""))
     for sid, name in (("car-circle-nohazards", "SafetyCarCircle1-v0"), ("point-button", LEVEL1)):
         box, sp = dims[sid], theirs["spaces"][name]
         same = (box.shape[0] == sp["dim"] and np.array_equal(box.low, np.array(sp["low"]))
@@ -474,7 +589,7 @@ def main() -> None:
         p.error("--sg-python: the python of a Safety-Gymnasium 1.0.0 venv is needed")
     seeds = list(range(args.seeds))
     request = {"seeds": seeds, "gremlin_seeds": args.gremlin_seeds, "n_layouts": args.layouts,
-               "speed_steps": args.speed_steps}
+               "speed_steps": args.speed_steps, "car_seeds": list(range(5))}
     if args.theirs:
         theirs = json.loads(open(args.theirs).read())
     else:
