@@ -542,13 +542,13 @@ def report(theirs: dict, seeds: list[int], gremlin_seeds: int) -> None:
                  f"SafetyCarCircle1 {theirs['spaces']['SafetyCarCircle1-v0']['dim']}", ""))
     car = _our_car_circle(theirs["car_circle"], list(range(len(theirs["car_circle"]))))
     rows.append((f"5. car-circle-nohazards vs SafetyCarCircle1, same states and actions "
-                 f"({len(theirs['car_circle'])} starts): max |obs difference| after "
+                 f"({len(theirs['car_circle'])} starts): max abs obs difference after "
                  + ", ".join(map(str, CAR_CHECKED)) + " steps",
                  ", ".join(f"{v:.1e}" for v in car.values()), "", ""))
     but = _our_button_obs(theirs["button_obs"])
     n = len(theirs["button_obs"])
     for key, what in (("agent_mm", "agent position difference, mm"),
-                      ("lidars", "max |lidar difference|"), ("sensors", "max |sensor difference|")):
+                      ("lidars", "max abs lidar difference"), ("sensors", "max abs sensor difference")):
         rows.append((f"6. point-button vs SafetyPointButton1, same states and actions ({n} resets): "
                      f"{what} after " + ", ".join(map(str, CAR_CHECKED)) + " steps",
                      ", ".join(f"{v:.1e}" for v in but[key]), "", ""))
