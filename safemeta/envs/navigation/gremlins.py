@@ -15,7 +15,8 @@ mocap's position *and orientation*; the yaw goes into `mocap_quat`. Slots a task
 not use are parked far away with their weld off, floating still, so that they cost no
 constraint rows: the boxes are compiled with gravity compensation and a used box gets
 its weight back as an applied force at its centre of mass (`xfrc_applied`), which is
-what gravity is for a free body. Without this the six slots made a step 3× slower.
+what gravity is for a free body. Without this the six slots made a step over 2× slower.
+The targets move once per env step, to the substeps' mean phase (`ButtonEnv._physics`).
 """
 
 from __future__ import annotations
