@@ -26,7 +26,7 @@ from safemeta.envs.navigation import (
 from safemeta.envs.navigation import lidar as lid
 from safemeta.envs.navigation.engine import NavEnv, compile_count
 
-SUITES = ["point-circle", "car-circle", "point-button"]
+SUITES = ["point-circle", "car-circle", "car-circle-nohazards", "point-button"]
 ZERO = np.zeros(2, dtype=np.float32)
 BIN = 2 * math.pi / 16
 
@@ -187,15 +187,16 @@ def test_wrong_button_costs_outside_the_pause_only() -> None:
     assert all(info["cost_buttons"] == 0.0 for _, info in press(env, wrong))
 
 
-def test_gremlin_orbit_and_contact_cost() -> None:
+def test_gremlin_target_orbit_and_contact_cost() -> None:
     env = button_env(gremlins=((0.0, 0.0),))
-    np.testing.assert_allclose(env.data.mocap_pos[0, :2], (0.0, 0.35))  # sin 0, cos 0
-    put(env, 0.19, 0.35)  # sphere (0.1) against the box (half 0.1) at (0, 0.35)
+    env.step(ZERO)
+    t = env.data.time - env.dt + 4.5 * 0.002  # set before the step, at the substeps' mean phase
+    np.testing.assert_allclose(env.data.mocap_pos[0], (0.35 * math.sin(t), 0.35 * math.cos(t), 0.2),
+                               atol=1e-12)
+    box = env.data.body("gremlin0").xpos.copy()  # the welded box, on its way to the target
+    put(env, box[0] + 0.19, box[1])  # sphere (0.1) pressed against the box (half 0.1)
     _, _, _, _, info = env.step(ZERO)
     assert info["cost_gremlins"] >= 1.0 and info["cost"] == 1.0
-    t = env.data.time - env.dt  # mocap set before the step, from the time then
-    np.testing.assert_allclose(env.data.mocap_pos[0, :2],
-                               (0.35 * math.sin(t), 0.35 * math.cos(t)), atol=1e-12)
 
 
 # -- lidar --------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_button_lidars_in_env() -> None:
         obs, *_ = env.step(env.action_space.sample())
     pos, mat = env.data.body("agent").xpos, env.data.body("agent").xmat
     groups = [np.array(BUTTONS), np.array([BUTTONS[env.goal]]), np.array(env.task.hazards),
-              env.data.mocap_pos[:1, :2]]
+              env.data.body("gremlin0").xpos[None, :2]]  # the box, not its target
     if env.timer:
         groups[0] = groups[0][:0]
     for k, points in enumerate(groups):

@@ -29,6 +29,7 @@ _SUITES: dict[str, str] = {
     "swimmer-vel": "safemeta.envs.locomotion:SwimmerVelSuite",
     "point-circle": "safemeta.envs.navigation:PointCircleSuite",
     "car-circle": "safemeta.envs.navigation:CarCircleSuite",
+    "car-circle-nohazards": "safemeta.envs.navigation:CarCircleNoHazardsSuite",
     "point-button": "safemeta.envs.navigation:PointButtonSuite",
 }
 BUILTIN_IDS = tuple(_SUITES)

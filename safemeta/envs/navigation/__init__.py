@@ -3,6 +3,7 @@
 import safemeta.envs.mujoco_log  # noqa: F401  (MuJoCo warnings to logging)
 from safemeta.envs.navigation.button import ButtonTask, PointButtonSuite
 from safemeta.envs.navigation.circle import (
+    CarCircleNoHazardsSuite,
     CarCircleSuite,
     CarCircleTask,
     CircleTask,
@@ -11,6 +12,7 @@ from safemeta.envs.navigation.circle import (
 
 __all__ = [
     "ButtonTask",
+    "CarCircleNoHazardsSuite",
     "CarCircleSuite",
     "CarCircleTask",
     "CircleTask",

@@ -1,16 +1,24 @@
-"""Point-Button (SPEC §4.2; Safety-Gymnasium Button mechanics, task = layout).
+"""Point-Button (SPEC §4.2; Safety-Gymnasium 1.0 Button mechanics, task = layout).
 
 Four buttons (spheres, radius 0.1), one of them the goal. Reward: progress toward the
 goal button (last distance − distance) plus 1 when the agent touches it; then a new
-goal (always another button) is drawn and a 10-step pause starts, during which presses
-do not count (Safety-Gym may redraw the same button and pay +1 again at once). Costs: touching a wrong
-button outside the pause (info["cost_buttons"]), depth inside a hazard of radius 0.2
-(info["cost_hazards"]), touching a gremlin, a 0.1 box orbiting its spawn point at
-radius 0.35 and 1 rad/s (info["cost_gremlins"]). info["cost"] is the 0/1 indicator
-"any cost > 0". 1000 steps.
+goal is drawn and a 10-step pause starts. As in Safety-Gymnasium (the default,
+``pause_presses=True``), touching the goal during the pause pays +1 again and redraws
+the goal, and the new goal is any of the four buttons (the same one with chance 1/4);
+with ``pause_presses=False`` presses during the pause are ignored and the new goal is
+always another button. Costs: touching a wrong button outside the pause
+(info["cost_buttons"]), depth inside a hazard of radius 0.2 (info["cost_hazards"]),
+contacts with a gremlin (info["cost_gremlins"]), a 0.1 box welded to a target that
+orbits its spawn point at radius 0.35 and 1 rad/s, built as Safety-Gymnasium builds it
+(`gremlins.py`). info["cost"] is the 0/1 indicator "any cost > 0". 1000 steps.
 
 A task is a layout: arena half-extent and the positions of buttons, hazards and
-gremlin spawn points; each reset draws the agent's start and the first goal.
+gremlin spawn points, placed with Safety-Gymnasium's keepouts and placement areas
+(each object within [−extent + keepout, extent − keepout]², two objects at least the
+sum of their keepouts apart), so Safety-Gymnasium's level-1 (extent 1.5, 4 hazards,
+4 gremlins) and level-2 (extent 1.8, 8 hazards, 6 gremlins) layouts are valid tasks.
+Each reset draws the agent's start (within [−extent + 0.4, extent − 0.4]², 0.4 + the
+object's keepout from every object), its heading, the gremlins' yaws and the goal.
 Observation (Safety-Gymnasium 1.0 order): 12 sensors, then 16-bin lidars `buttons`
 (zero during the pause, as Safety-Gym), `goal`, `hazards`, `gremlins` (max_dist 3): 76.
 """
@@ -21,9 +29,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import mujoco
 import numpy as np
 
 from safemeta.envs.base import ParamRange, Suite, Task
+from safemeta.envs.navigation import gremlins as grem
 from safemeta.envs.navigation import lidar
 from safemeta.envs.navigation.engine import NavEnv, check_no_kwargs
 from safemeta.envs.navigation.robots import POINT, Robot, build_xml
@@ -33,16 +43,18 @@ LIDAR_MAX_DIST = 3.0
 NUM_BUTTONS = 4
 BUTTON_SIZE = 0.1
 HAZARD_SIZE = 0.2
-GREMLIN_SIZE = 0.1
-GREMLIN_TRAVEL = 0.35
 MAX_HAZARDS = 8
 MAX_GREMLINS = 6
 MAX_EXTENT = 4.0
 RESAMPLING_DELAY = 10
-# Placement keepouts of Safety-Gymnasium: two objects keep k_a + k_b apart.
-KEEPOUT = {"buttons": 0.2, "hazards": 0.18, "gremlins": 0.5, "agent": 0.4}
+# Placement keepouts of Safety-Gymnasium's Button levels 1 and 2: an object lies within
+# [−extent + k, extent − k]², and two objects keep k_a + k_b apart. "goal" is the goal
+# marker Safety-Gym places (and then moves onto a button): it only shapes sampling.
+KEEPOUT = {"agent": 0.4, "buttons": 0.2, "goal": 0.4, "hazards": 0.18, "gremlins": 0.4}
 _ROLE_AGENT, _ROLE_BUTTON, _ROLE_GREMLIN = 1, 2, 3
 
+# Train resembles level 1 (extent 1.5, 4 hazards, 4 gremlins: its densest corner), test
+# resembles level 2 (extent 1.8, 8 hazards, 6 gremlins: its densest corner); README.
 RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "train": {"extent": (1.5, 1.7), "num_hazards": (2, 4), "num_gremlins": (2, 4)},
     "test": {"extent": (1.8, 2.1), "num_hazards": (6, 8), "num_gremlins": (4, 6)},
@@ -56,17 +68,23 @@ class ButtonTask(Task):
     """One Button layout in the square [−extent, extent]²."""
 
     extent: float = 1.5
-    """Half-width of the square arena in which objects (and the agent's start) lie."""
+    """Half-width of the square arena; objects lie within [−extent + keepout, extent − keepout]²."""
     buttons: Points = ((-1.0, -1.0), (-1.0, 1.0), (1.0, -1.0), (1.0, 1.0))
-    """Centres of the four buttons."""
+    """Centres of the four buttons (keepout 0.2)."""
     hazards: Points = ()
-    """Hazard centres (radius 0.2): cost while inside."""
+    """Hazard centres (radius 0.2, keepout 0.18): cost while inside."""
     gremlins: Points = ()
-    """Gremlin spawn points; each orbits its spawn point at radius 0.35."""
+    """Gremlin spawn points (keepout 0.4); each orbits its spawn point at radius 0.35."""
+    pause_presses: bool = True
+    """Touching the goal during the 10-step pause pays +1 and redraws the goal among all
+    four buttons (Safety-Gymnasium); false: ignored, and the next goal is another button."""
 
     def validate(self) -> None:
-        if not isinstance(self.extent, (int, float)) or not 0.0 < self.extent <= MAX_EXTENT:
-            raise ValueError(f"extent: got {self.extent!r}; accepted (0, {MAX_EXTENT}]")
+        if (not isinstance(self.extent, (int, float)) or isinstance(self.extent, bool)
+                or not KEEPOUT["agent"] < self.extent <= MAX_EXTENT):
+            raise ValueError(f"extent: got {self.extent!r}; accepted ({KEEPOUT['agent']}, {MAX_EXTENT}]")
+        if not isinstance(self.pause_presses, bool):
+            raise ValueError(f"pause_presses: got {self.pause_presses!r}; accepted true or false")
         limits = {"buttons": (NUM_BUTTONS, NUM_BUTTONS), "hazards": (0, MAX_HAZARDS),
                   "gremlins": (0, MAX_GREMLINS)}
         for name, (lo, hi) in limits.items():
@@ -76,18 +94,26 @@ class ButtonTask(Task):
             for p in points:
                 _check_point(name, p, self.extent)
         _check_fits(self.extent, len(self.hazards), len(self.gremlins))
-        _check_apart([(n, p) for n in limits for p in getattr(self, n)])
+        objects = [(n, p) for n in limits for p in getattr(self, n)]
+        _check_apart(objects)
+        if agent_start(np.random.default_rng(0), self.extent, objects) is None:
+            half = self.extent - KEEPOUT["agent"]
+            raise ValueError(f"extent: no agent start in [−{half:g}, {half:g}]² keeps 0.4 + "
+                             "keepout from every object; move or remove objects")
 
     @classmethod
     def sample(cls, rng: np.random.Generator, extent: float, num_hazards: int,
-               num_gremlins: int) -> ButtonTask:
-        """A random layout (rejection sampling with Safety-Gymnasium keepouts)."""
+               num_gremlins: int, pause_presses: bool = True) -> ButtonTask:
+        """A random layout, sampled as Safety-Gymnasium samples one (`sample_layout`)."""
         _check_fits(extent, num_hazards, num_gremlins)
-        counts = {"gremlins": num_gremlins, "buttons": NUM_BUTTONS, "hazards": num_hazards}
-        for _ in range(100):
+        counts = {"agent": 1, "buttons": NUM_BUTTONS, "goal": 1, "hazards": num_hazards,
+                  "gremlins": num_gremlins}
+        for _ in range(1000):
             placed = _place_all(rng, extent, counts)
             if placed is not None:
-                task = cls(extent=float(extent), **placed)
+                task = cls(extent=float(extent), buttons=placed["buttons"],
+                           hazards=placed["hazards"], gremlins=placed["gremlins"],
+                           pause_presses=pause_presses)
                 task.validate()
                 return task
         raise ValueError(f"num_hazards: {num_hazards} hazards and {num_gremlins} gremlins "
@@ -95,10 +121,13 @@ class ButtonTask(Task):
 
 
 def _check_point(name: str, p: Any, extent: float) -> None:
-    if len(p) != 2 or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in p):
+    if (len(p) != 2 or not all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                               and math.isfinite(c) for c in p)):
         raise ValueError(f"{name}: each position must be a finite (x, y); got {p!r}")
-    if max(abs(p[0]), abs(p[1])) > extent:
-        raise ValueError(f"{name}: {tuple(p)} lies outside the arena [−{extent}, {extent}]²")
+    half = extent - KEEPOUT[name]
+    if max(abs(p[0]), abs(p[1])) > half + 1e-9:
+        raise ValueError(f"{name}: {tuple(p)} lies outside its placement area "
+                         f"[−{half:g}, {half:g}]² (extent − keepout {KEEPOUT[name]})")
 
 
 def _check_fits(extent: float, num_hazards: int, num_gremlins: int) -> None:
@@ -117,47 +146,68 @@ def _check_fits(extent: float, num_hazards: int, num_gremlins: int) -> None:
 def _check_apart(objects: list[tuple[str, Any]]) -> None:
     for i, (name, p) in enumerate(objects):
         for other, q in objects[:i]:
-            if math.hypot(p[0] - q[0], p[1] - q[1]) < KEEPOUT[name] + KEEPOUT[other]:
+            if math.hypot(p[0] - q[0], p[1] - q[1]) < KEEPOUT[name] + KEEPOUT[other] - 1e-9:
                 raise ValueError(f"{name}: {tuple(p)} overlaps {other} at {tuple(q)}")
 
 
 def _place_all(rng: np.random.Generator, extent: float,
                counts: dict[str, int]) -> dict[str, Points] | None:
+    """One try of Safety-Gym's `sample_layout`: objects in order, each up to 100 draws
+    uniform in its placement area until it keeps out of those placed before."""
     placed: list[tuple[str, tuple[float, float]]] = []
     for name, n in counts.items():
+        half = extent - KEEPOUT[name]
         for _ in range(n):
-            p = _place_one(rng, extent, name, placed)
-            if p is None:
+            for _ in range(100):
+                x, y = rng.uniform(-half, half, 2)
+                if all(math.hypot(x - q[0], y - q[1]) >= KEEPOUT[name] + KEEPOUT[other]
+                       for other, q in placed):
+                    break
+            else:
                 return None
-            placed.append((name, p))
+            placed.append((name, (float(x), float(y))))
     return {name: tuple(p for n, p in placed if n == name) for name in counts}
 
 
-def _place_one(rng: np.random.Generator, extent: float, name: str,
-               placed: list[tuple[str, tuple[float, float]]]) -> tuple[float, float] | None:
-    for _ in range(200):
-        x, y = rng.uniform(-extent, extent, 2)
-        if all(math.hypot(x - q[0], y - q[1]) >= KEEPOUT[name] + KEEPOUT[other] + 1e-9
-               for other, q in placed):
-            return float(x), float(y)
-    return None
+def agent_start(rng: np.random.Generator, extent: float,
+                objects: list[tuple[str, Any]]) -> tuple[float, float] | None:
+    """An agent start uniform over the free part of [−extent + 0.4, extent − 0.4]² (0.4 +
+    keepout from every object): batches of random draws, then a 0.01 grid; None if none."""
+    half = extent - KEEPOUT["agent"]
+    xy = np.array([p for _, p in objects], dtype=np.float64).reshape(-1, 2)
+    gap = np.array([KEEPOUT["agent"] + KEEPOUT[n] for n, _ in objects])
+    for _ in range(50):
+        cand = rng.uniform(-half, half, (64, 2))
+        ok = _free(cand, xy, gap)
+        if ok.any():
+            return tuple(map(float, cand[np.argmax(ok)]))  # type: ignore[return-value]
+    axis = np.linspace(-half, half, max(2, int(2 * half / 0.01) + 1))
+    grid = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
+    free = grid[_free(grid, xy, gap)]
+    return tuple(map(float, free[rng.integers(len(free))])) if len(free) else None  # type: ignore[return-value]
 
 
-def _objects_xml() -> str:
+def _free(cand: np.ndarray, xy: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    if not len(xy):
+        return np.ones(len(cand), dtype=bool)
+    d = np.hypot(cand[:, None, 0] - xy[None, :, 0], cand[:, None, 1] - xy[None, :, 1])
+    return np.all(d >= gap, axis=1)
+
+
+def _objects_xml() -> tuple[str, str]:
+    """Worldbody MJCF of the objects and the <equality> content (gremlin welds)."""
     # Each button is its own static body, moved through body_pos: MuJoCo's collision
     # midphase caches a body's geom boxes in the body frame at compile time, so moving
     # a world geom's geom_pos would leave its collision box behind.
-    parts = [f'<body name="button{i}" pos="{i} 0 0.1"><geom name="button{i}" type="sphere" '
-             f'size="{BUTTON_SIZE}" rgba="1 0.5 0 1"/></body>' for i in range(NUM_BUTTONS)]
+    gremlin_bodies, welds = grem.xml(MAX_GREMLINS)  # first: their mocaps are mocap 0..5
+    parts = [gremlin_bodies]
+    parts += [f'<body name="button{i}" pos="{i} 0 0.1"><geom name="button{i}" type="sphere" '
+              f'size="{BUTTON_SIZE}" rgba="1 0.5 0 1"/></body>' for i in range(NUM_BUTTONS)]
     parts.append('<geom name="goal" type="cylinder" size="0.16 0.004" pos="0 0 0.004" '
                  'contype="0" conaffinity="0" rgba="0 1 0 0.5"/>')
     parts += [f'<geom name="hazard{i}" type="cylinder" size="{HAZARD_SIZE} 0.01" pos="0 0 -1" '
               'contype="0" conaffinity="0" rgba="0 0 1 0.5"/>' for i in range(MAX_HAZARDS)]
-    g = GREMLIN_SIZE
-    parts += [f'<body name="gremlin{i}" mocap="true" pos="{100 + i} 100 {g + 0.005}">'
-              f'<geom name="gremlin{i}" type="box" size="{g} {g} {g}" rgba="0.5 0 1 1"/></body>'
-              for i in range(MAX_GREMLINS)]
-    return "\n    ".join(parts)
+    return "\n    ".join(parts), welds
 
 
 class ButtonEnv(NavEnv):
@@ -165,8 +215,12 @@ class ButtonEnv(NavEnv):
 
     def __init__(self, robot: Robot, task: ButtonTask, render_mode: str | None = None) -> None:
         obs_dim = robot.sensor_dim + 4 * lidar.NUM_BINS
-        super().__init__(robot, build_xml(robot, _objects_xml()), obs_dim, HORIZON, render_mode)
+        objects, welds = _objects_xml()
+        super().__init__(robot, build_xml(robot, objects, equality=welds), obs_dim, HORIZON,
+                         render_mode)
         self.metadata = {**self.metadata, "render_fps": round(1.0 / self.dt)}
+        self.gremlins = grem.Gremlins(self.model, self.data, MAX_GREMLINS)
+        self._mid_phase = 0.5 * (self._substeps - 1) * self.model.opt.timestep
         self._init_roles()
         self.goal = 0
         self.timer = 0
@@ -182,10 +236,9 @@ class ButtonEnv(NavEnv):
         for i in range(NUM_BUTTONS):
             gid = m.geom(f"button{i}").id
             self._role[gid], self._button_of[gid] = _ROLE_BUTTON, i
-        for i in range(MAX_GREMLINS):
-            self._role[m.geom(f"gremlin{i}").id] = _ROLE_GREMLIN
+        for gid in self.gremlins.geom_ids:
+            self._role[gid] = _ROLE_GREMLIN
         self._goal_geom = m.geom("goal").id
-        self._gremlin_bodies = np.array([m.body(f"gremlin{i}").id for i in range(MAX_GREMLINS)])
         self._hazard_geoms = [m.geom(f"hazard{i}").id for i in range(MAX_HAZARDS)]
 
     def set_task(self, task: Task) -> None:  # type: ignore[override]
@@ -195,52 +248,40 @@ class ButtonEnv(NavEnv):
         self.task = task
         self.buttons = np.array(task.buttons, dtype=np.float64)
         self.hazards = np.array(task.hazards, dtype=np.float64).reshape(-1, 2)
-        self.gremlin_spawn = np.array(task.gremlins, dtype=np.float64).reshape(-1, 2)
         self._hazard_list = self.hazards.tolist()
-        self._init_points()
+        self._objects = [(n, p) for n in ("buttons", "hazards", "gremlins") for p in getattr(task, n)]
+        self._init_points(len(task.gremlins))
         m = self.model
         for i in range(NUM_BUTTONS):
             m.body_pos[m.body(f"button{i}").id, :2] = self.buttons[i]
         for i, g in enumerate(self._hazard_geoms):  # unused slots sink below the floor
             m.geom_pos[g] = (*self._hazard_list[i], 0.01) if i < len(self.hazards) else (0, 0, -1)
         self.view_distance = 2.5 * task.extent + 2.0
-        k = len(self.gremlin_spawn)  # slots unused by this task go back far away
-        self.data.mocap_pos[k:] = m.body_pos[self._gremlin_bodies[k:]]
-        self._move_gremlins(0.0)
+        # The new task's gremlin boxes at their spawn points, unused slots parked (as a
+        # reset leaves them; the agent stays where it is until the reset).
+        self.gremlins.set_spawn(np.array(task.gremlins, dtype=np.float64).reshape(-1, 2))
+        self.gremlins.reset(np.zeros(len(task.gremlins)))
+        mujoco.mj_forward(m, self.data)
 
-    def _init_points(self) -> None:
+    def _init_points(self, num_gremlins: int) -> None:
         """All lidar-observed positions in one array, buttons first, then goal, hazards,
         gremlins; `_blocks` says which lidar (0 buttons, 1 goal, 2 hazards, 3 gremlins)."""
-        nh, ng = len(self.hazards), len(self.gremlin_spawn)
-        self._points = np.zeros((NUM_BUTTONS + 1 + nh + ng, 2))
+        nh = len(self.hazards)
+        self._points = np.zeros((NUM_BUTTONS + 1 + nh + num_gremlins, 2))
         self._points[:NUM_BUTTONS] = self.buttons
         self._points[NUM_BUTTONS + 1:NUM_BUTTONS + 1 + nh] = self.hazards
-        self._blocks = [0] * NUM_BUTTONS + [1] + [2] * nh + [3] * ng
+        self._blocks = [0] * NUM_BUTTONS + [1] + [2] * nh + [3] * num_gremlins
         self._gremlin_rows = slice(NUM_BUTTONS + 1 + nh, None)
-
-    def _move_gremlins(self, t: float) -> None:
-        """Gremlin i at spawn_i + 0.35·(sin t, cos t) (mocap bodies; unused slots stay at
-        their far-away model position, which mj_resetData restores)."""
-        k = len(self.gremlin_spawn)
-        if k:
-            offset = (GREMLIN_TRAVEL * math.sin(t), GREMLIN_TRAVEL * math.cos(t))
-            self.data.mocap_pos[:k, :2] = self.gremlin_spawn + offset
 
     def _place(self) -> None:
         rng = self.np_random
-        extent = self.task.extent
-        objects = [(self.buttons, KEEPOUT["buttons"]), (self.hazards, KEEPOUT["hazards"]),
-                   (self.gremlin_spawn, KEEPOUT["gremlins"])]
-        for _ in range(1000):
-            xy = rng.uniform(-extent, extent, 2)
-            if all(len(p) == 0 or np.min(np.hypot(*(p - xy).T)) >= k + KEEPOUT["agent"]
-                   for p, k in objects):
-                break
-        self.robot.place(self.model, self.data, float(xy[0]), float(xy[1]),
+        xy = agent_start(rng, self.task.extent, self._objects)
+        assert xy is not None  # validate() found one
+        self.robot.place(self.model, self.data, xy[0], xy[1],
                          float(rng.uniform(0.0, 2.0 * math.pi)))
-        self._move_gremlins(0.0)
+        self.gremlins.reset(rng.uniform(0.0, 2.0 * math.pi, self.gremlins.count))
         self.timer = 0
-        self._set_goal(int(rng.integers(NUM_BUTTONS)), float(xy[0]), float(xy[1]))
+        self._set_goal(int(rng.integers(NUM_BUTTONS)), xy[0], xy[1])
 
     def _set_goal(self, goal: int, x: float, y: float) -> None:
         """Make button `goal` the goal; (x, y) is the agent's position now."""
@@ -250,8 +291,14 @@ class ButtonEnv(NavEnv):
         gx, gy = self.buttons[goal]
         self.last_dist_goal = math.hypot(x - gx, y - gy)
 
-    def _before_step(self) -> None:
-        self._move_gremlins(float(self.data.time))
+    def _physics(self) -> None:
+        """Safety-Gym moves the gremlins' targets before each of the 10 substeps, to the
+        phase of that substep; one move to the substeps' mean phase, then the 10 substeps
+        in one call, keeps the boxes within 0.1 mm of that (300 steps) at a third of the
+        cost of a Python loop over substeps."""
+        d = self.data
+        self.gremlins.move(d.time + self._mid_phase)
+        mujoco.mj_step(self.model, d, nstep=self._substeps)
 
     def _touches(self) -> tuple[list[int], int]:
         """Buttons the agent touches and its number of gremlin contacts, from MuJoCo's
@@ -285,7 +332,7 @@ class ButtonEnv(NavEnv):
         dist = math.hypot(x - gx, y - gy)
         reward = self.last_dist_goal - dist
         self.last_dist_goal = dist
-        pressed = self.timer == 0 and self.goal in buttons
+        pressed = self.goal in buttons and (self.timer == 0 or self.task.pause_presses)
         if pressed:
             reward += 1.0
             self._new_goal()
@@ -296,15 +343,19 @@ class ButtonEnv(NavEnv):
         return float(reward), info
 
     def _new_goal(self) -> None:
-        """Another button becomes the goal and the 10-step pause starts."""
-        choice = int(self.np_random.integers(NUM_BUTTONS - 1))
-        self._set_goal(choice + (choice >= self.goal), self._xpos[0], self._xpos[1])
+        """A new goal (Safety-Gym: any button; else another button); the pause starts."""
+        if self.task.pause_presses:
+            goal = int(self.np_random.integers(NUM_BUTTONS))
+        else:
+            choice = int(self.np_random.integers(NUM_BUTTONS - 1))
+            goal = choice + (choice >= self.goal)
+        self._set_goal(goal, self._xpos[0], self._xpos[1])
         self.timer = RESAMPLING_DELAY
 
     def _lidars(self, obs: np.ndarray) -> None:
         """Lidars buttons, goal, hazards, gremlins in one vectorised pass."""
         points = self._points
-        points[self._gremlin_rows] = self.data.mocap_pos[:len(self.gremlin_spawn), :2]
+        points[self._gremlin_rows] = self.gremlins.positions()
         start = 0 if self.timer == 0 else NUM_BUTTONS  # buttons unseen during the pause
         ego = lidar.ego_xy(points[start:], self._xpos, self._xmat)
         lidar.scatter(obs[self.robot.sensor_dim:], ego, self._blocks[start:], LIDAR_MAX_DIST)
@@ -315,7 +366,8 @@ class PointButtonSuite(Suite):
 
     id = "point-button"
     description = ("Point robot presses the goal button among four; wrong buttons, hazards "
-                   "and orbiting gremlins cost.")
+                   "and orbiting gremlins cost (Safety-Gymnasium Button mechanics and layout "
+                   "rules; train resembles SafetyPointButton1, test SafetyPointButton2).")
     task_type = ButtonTask
     family = "continuous"
     horizon = HORIZON

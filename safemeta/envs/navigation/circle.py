@@ -9,7 +9,9 @@ components are in info["cost_walls"] and info["cost_hazards"].
 
 Observation: sensors, then the 16-bin lidar toward the circle's centre (max_dist 6),
 then (Car-Circle) the 16-bin hazards lidar, also max_dist 6 (Safety-Gymnasium has one
-lidar setting per task): Point-Circle 12 + 16 = 28, Car-Circle 24 + 16 + 16 = 56.
+lidar setting per task): Point-Circle 12 + 16 = 28, Car-Circle with hazards (the
+paper's task, `car-circle`) 24 + 16 + 16 = 56, Car-Circle without hazards
+(`car-circle-nohazards`, Safety-Gymnasium's SafetyCarCircle1) 24 + 16 = 40.
 """
 
 from __future__ import annotations
@@ -231,11 +233,16 @@ class PointCircleSuite(Suite):
 
 
 class CarCircleSuite(PointCircleSuite):
-    """Car-Circle: Circle with the Car robot and a few hazards near the track."""
+    """Car-Circle with hazards (the paper's task): the Car robot and a few hazards near the
+    track. Its observation is 56 wide (24 sensors, circle lidar, hazards lidar), not the
+    40 of Safety-Gymnasium's SafetyCarCircle1, which has no hazards: a policy for that
+    one comes from `car-circle-nohazards`."""
 
     id = "car-circle"
-    description = ("Car robot runs along a circle of radius R; walls at |x| = wall and "
-                   "hazards (radius 0.12) on the track cost.")
+    description = ("Car-Circle with hazards (the paper's task): Car robot runs along a circle "
+                   "of radius R; walls at |x| = wall and hazards (radius 0.12) on the track cost. "
+                   "Observation 56 wide (a hazards lidar after the circle lidar); "
+                   "SafetyCarCircle1's 40-wide one is car-circle-nohazards.")
     task_type = CarCircleTask
     cost_limit = 25.0
     cost_doc = ("1 per step while |x| > wall or inside a hazard (0/1 indicator); "
@@ -253,3 +260,13 @@ class CarCircleSuite(PointCircleSuite):
         lo, hi = RANGES[split]["num_hazards"]
         return [*super().param_ranges(split),
                 ParamRange("num_hazards", lo, hi, doc="hazards at R·U[0.85, 1.15]")]
+
+
+class CarCircleNoHazardsSuite(PointCircleSuite):
+    """Car-Circle without hazards: Safety-Gymnasium's SafetyCarCircle1 layout, 40-wide
+    observation (24 sensors, circle lidar), so a policy moves between the two."""
+
+    id = "car-circle-nohazards"
+    description = ("Car robot runs along a circle of radius R; walls at |x| = wall cost. No "
+                   "hazards: observation 40 wide, as SafetyCarCircle1.")
+    robot = CAR

@@ -55,7 +55,12 @@ class NavEnv(gym.Env[np.ndarray, np.ndarray]):
         self.data = mujoco.MjData(self.model)
         self.horizon = horizon
         self.render_mode = render_mode
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64)
+        # Sensors unbounded, lidar readings in [0, 1]: Safety-Gymnasium's bounds.
+        low = np.zeros(obs_dim)
+        low[:robot.sensor_dim] = -np.inf
+        high = np.ones(obs_dim)
+        high[:robot.sensor_dim] = np.inf
+        self.observation_space = gym.spaces.Box(low, high, (obs_dim,), np.float64)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.model.nu,), np.float32)
         agent = self.model.body("agent").id
         self._xpos = self.data.xpos[agent]  # views into MjData, valid for its lifetime
@@ -83,8 +88,10 @@ class NavEnv(gym.Env[np.ndarray, np.ndarray]):
         """Reward of the step just taken and the info dict (with info["cost"])."""
         raise NotImplementedError
 
-    def _before_step(self) -> None:
-        """Hook before the physics step (moving obstacles)."""
+    def _physics(self) -> None:
+        """One env step of physics: `substeps` MuJoCo steps (tasks with moving obstacles
+        override this to move them between substeps)."""
+        mujoco.mj_step(self.model, self.data, nstep=self._substeps)
 
     # -- gymnasium.Env ----------------------------------------------------------------
     def reset(self, *, seed: int | None = None,
@@ -98,8 +105,7 @@ class NavEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         self.data.ctrl[:] = action  # ctrllimited actuators clamp to [-1, 1]
-        self._before_step()
-        mujoco.mj_step(self.model, self.data, nstep=self._substeps)
+        self._physics()
         # Positions, sensors and contacts of the new state, as Safety-Gymnasium's
         # calculate_cost does with its own mj_forward.
         mujoco.mj_forward(self.model, self.data)

@@ -97,7 +97,7 @@ _WORLD = """<mujoco model="{name}">
           condim="6"/>
     {body}
     {objects}
-  </worldbody>
+  </worldbody>{equality}
   <sensor>{sensors}
   </sensor>
   <actuator>{actuators}
@@ -135,10 +135,12 @@ CAR = Robot("car", _CAR_BODY, _SENSORS + _CAR_SENSORS, _CAR_ACTUATORS, 0.004, 10
 ROBOTS = {"point": POINT, "car": CAR}
 
 
-def build_xml(robot: Robot, objects: str = "", floor: float = 5.0) -> str:
-    """The world MJCF: floor, the robot and the task's object bodies/geoms."""
+def build_xml(robot: Robot, objects: str = "", floor: float = 5.0, equality: str = "") -> str:
+    """The world MJCF: floor, the robot, the task's object bodies/geoms and their
+    equality constraints (<equality> content, e.g. gremlin welds)."""
+    eq = f"\n  <equality>\n    {equality}\n  </equality>" if equality else ""
     return _WORLD.format(name=robot.name, timestep=robot.timestep, floor=floor,
-                         body=robot.body, objects=objects, sensors=robot.sensors,
+                         body=robot.body, objects=objects, equality=eq, sensors=robot.sensors,
                          actuators=robot.actuators)
 
 
