@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="override one config field of every algorithm (repeatable)")
     c.add_argument("--out", default=None, help="comparison directory (default runs/compare-<env>-<preset>)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the report of the runs finished so far")
 
     b = sub.add_parser("bench", help="time one meta-training iteration and one meta-test per algorithm, "
                        "interleaved and repeated")
@@ -180,7 +182,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     spec = CompareSpec(env=args.env, algos=_algos(args.algos), seeds=args.seeds, preset=args.preset,
                        overrides=C.parse_overrides(args.sets), out=args.out)
-    path = compare(spec, progress=not args.no_progress)
+    path = compare(spec, progress=not args.no_progress, report_only=args.report_only)
     if path is None:
         print("interrupted: rerun the same command to continue")
         return 0

@@ -39,8 +39,9 @@ from safemeta.rollout.sampler import Sampler, TaskStream
 from safemeta.updates import policy_gradient
 from safemeta.updates.trpo import trpo_step
 
-NAVIGATION = ("point-circle", "car-circle", "point-button")
-PAPER_STEPS = {"point-circle": 5000, "car-circle": 5000, "point-button": 10_000}  # else 8000
+NAVIGATION = ("point-circle", "car-circle", "car-circle-nohazards", "point-button")
+PAPER_STEPS = {"point-circle": 5000, "car-circle": 5000, "car-circle-nohazards": 5000,
+               "point-button": 10_000}  # else 8000
 
 # Phases of a meta-training iteration, exclusive, summing to its training time.
 PHASES = ("t_sampling", "t_critic", "t_adapt", "t_outer")
@@ -167,6 +168,7 @@ class MetaLearner(Algorithm):
         self.sampler = Sampler(suite, self.horizon, cfg.gamma, cfg.envs_per_task)
         self.timer = PhaseTimer()
         self._eval_key = 0  # the iteration (or META_TEST_STREAM) of the evaluation under way
+        self.meta_test_phases: dict[str, float] = {}
 
     @classmethod
     def presets(cls, suite_id: str) -> dict[str, dict[str, Any]]:
@@ -400,6 +402,7 @@ class MetaLearner(Algorithm):
         with torch_threads(self.cfg.torch_threads), self._evaluation_streams(META_TEST_STREAM):
             per_chunk = [self._meta_test_chunk(chunk, steps, first)
                          for first, chunk in _chunks(tasks, self.cfg.meta_batch)]
+            self.meta_test_phases = dict(self.timer.totals)  # where meta-test's time went (bench)
         rows = []
         for t in range(steps + 1):
             rec = [pc[t] for pc in per_chunk]
@@ -434,7 +437,8 @@ class MetaLearner(Algorithm):
                 t0 = time.perf_counter()
                 data = self.collect(tasks, current, Phase.TEST_DATA, t, first)
                 self.estimate(data)
-                current = self.adapt(data, current)
+                with self.timer("t_adapt"):
+                    current = self.adapt(data, current)
                 elapsed += time.perf_counter() - t0
                 episodes = [np.concatenate([e, self._episode_costs(data, i)]) for i, e in enumerate(episodes)]
                 rec.update(explore=data.cost_return(self.cost_type), env_steps=len(ev.obs) + len(data.obs),

@@ -79,6 +79,11 @@ def test_kill_mid_comparison_and_rerun_gives_the_same_report(tmp_path: Path) -> 
     killed = run_compare(out, seeds=1, fault="after_checkpoint:3")
     assert killed.returncode == -signal.SIGKILL
     assert (out / "safemeta" / "s0" / "DONE").exists() and not (out / "meta-crpo" / "s0" / "DONE").exists()
+    partial = run_compare(out, seeds=1, extra=("--report-only",))  # what is finished so far, nothing run
+    assert partial.returncode == 0, partial.stderr
+    text = (out / "report" / "compare.md").read_text()
+    assert "Seeds per algorithm: {'safemeta': 1, 'meta-crpo': 0}" in text
+    assert not (out / "meta-crpo" / "s0" / "DONE").exists()
     again = run_compare(out, seeds=1)
     assert again.returncode == 0, again.stderr
     assert "safemeta seed 0: done" in again.stdout and "meta-crpo seed 0: resuming" in again.stdout
@@ -146,6 +151,9 @@ def test_bench_times_every_algorithm_interleaved(tmp_path: Path, capsys) -> None
         assert m["train_iter_s"] > 0 and m["meta_test_s"] > 0
         assert m["train_iter_s"] == pytest.approx(
             sum(m[p] for p in ("t_sampling", "t_critic", "t_adapt", "t_outer")), rel=0.5)
+        # meta-test's time is its exploration, critics and adaptation, as the phases split it
+        assert m["meta_test_s"] == pytest.approx(
+            sum(m[f"test_{p}"] for p in ("t_sampling", "t_critic", "t_adapt")), rel=0.5)
     printed = capsys.readouterr().out
     assert "repeat 2/2 meta-crpo" in printed and "| meta-crpo |" in printed
 

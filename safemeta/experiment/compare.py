@@ -177,12 +177,18 @@ class Comparison:
         return out
 
 
-def compare(spec: CompareSpec, progress: bool = True, log: Callable[[str], None] = print) -> Path | None:
-    """Run what is missing, then write the report; None if interrupted."""
+def compare(spec: CompareSpec, progress: bool = True, log: Callable[[str], None] = print,
+            report_only: bool = False) -> Path | None:
+    """Run what is missing, then write the report; None if interrupted. With `report_only`,
+    run nothing: the report of the runs finished so far."""
     from safemeta.experiment.compare_report import write_compare_report
 
     c = Comparison(spec, log)
-    if not c.run(progress):
+    if report_only:
+        if not (c.dir / "compare.yaml").exists():
+            raise C.ConfigError(f"out: {c.dir} holds no comparison yet; run it first")
+        c.prepare()
+    elif not c.run(progress):
         return None
     budget = _budget_line(next(iter(c.resolved.values())))
     return write_compare_report(c.dir / "report", spec.env, c.rows(), budget,
