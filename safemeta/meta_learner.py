@@ -234,7 +234,7 @@ class MetaLearner(Algorithm):
         c = self.cfg
         streams = [TaskStream.of(self._stream_root, (phase, counter, first + i)) for i in range(len(tasks))]
         policies = [p.policy for p in current]
-        with self.timer("t_sampling"):
+        with self.timer("t_sampling" if episodes is None else "t_eval"):  # data, or evaluation
             if episodes is None and c.steps_per_task > 0:
                 return self.sampler.collect(tasks, policies, streams, steps=c.steps_per_task)
             return self.sampler.collect(tasks, policies, streams, episodes=episodes or c.episodes_per_task)
