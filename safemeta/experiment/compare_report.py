@@ -76,7 +76,10 @@ def curves(data: dict[str, list[list[dict[str, Any]]]], phase: str, x: str, limi
     ax_r.set(xlabel=x, ylabel="average reward over tasks", title=f"{title}: reward")
     ax_c.set(xlabel=x, ylabel="max over tasks of mean episode cost", title=f"{title}: cost")
     ax_c.set_ylim(bottom=0)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_r, ax_c):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -174,9 +177,12 @@ def write_compare_report(out: Path, env: str, data: dict[str, list[list[dict[str
              f"Mean time per meta-training iteration (by phase) and per meta-test, relative to "
              f"{REFERENCE}.", "", "![time](time.png)", ""]
     if norm:
+        trained = {a for a, runs in data.items()
+                   if any(r["phase"] == "meta_train" for rows in runs for r in rows)}
         parts += [markdown_table(["algorithm", "s / iteration", "x " + REFERENCE, "meta-test s",
                                   "x " + REFERENCE],
-                                 [[a, t[a]["train_iter_s"], norm[a]["train_iter"], t[a]["meta_test_s"],
+                                 [[a, t[a]["train_iter_s"] if a in trained else None,
+                                   norm[a]["train_iter"] if a in trained else None, t[a]["meta_test_s"],
                                    norm[a]["meta_test"]] for a in t]), ""]
     parts += ["## Summary", "",
               "Final meta-test reward and max cost (last step), violation rate over every policy that "
