@@ -71,7 +71,7 @@ from safemeta.rollout.buffer import Rollout
 from safemeta.updates.cpo import CPOSolution, cpo_direction, cpo_line_search, cpo_step
 from safemeta.updates.policy_gradient import ratio_surrogate
 from safemeta.updates.second_order import Params, kl_with, log_prob_with, params_of
-from safemeta.updates.trpo import trpo_step
+from safemeta.updates.trpo import flat_grad, trpo_step
 
 
 @dataclass
@@ -117,10 +117,7 @@ def _flat(p: Params) -> torch.Tensor:
 
 def _grad(y: torch.Tensor, params: Params, create_graph: bool) -> torch.Tensor:
     """∂y/∂params (flat), keeping the graph of y for the next derivative of the step."""
-    grads = torch.autograd.grad(y, list(params.values()), create_graph=create_graph, retain_graph=True,
-                                allow_unused=True)
-    flat = [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params.values())]
-    return torch.cat(flat)
+    return flat_grad(y, list(params.values()), create_graph=create_graph, retain_graph=True)
 
 
 def _unflat(flat: torch.Tensor, like: Params) -> Params:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from safemeta.nn.policy import GaussianPolicy
-from safemeta.updates.trpo import KL_TOLERANCE, Objective, flat_grad
+from safemeta.updates.trpo import KL_TOLERANCE, Objective, conjugate_gradient, flat_grad
 
 # The five situations of the closed form (OmniSafe's numbering of Achiam's cases).
 RECOVERY = 0  # c > 0 and the trust region does not reach c + bᵀx ≤ 0: purely decrease cost
@@ -44,8 +44,8 @@ EPS = 1e-8  # guards 1/λ when g is (anti)parallel to b and λ* = 0
 # linearised constraint must not be rejected for rounding alone.
 COST_RTOL = 1e-6
 
-# Conjugate gradient stops once ‖r‖ ≤ CG_RTOL·‖b‖, relative (`trpo.conjugate_gradient` stops at
-# an absolute ‖r‖² < 1e-10, i.e. ‖r‖ ≈ 1e-5 whatever the scale of g and b): the closed form
+# Conjugate gradient stops once ‖r‖ ≤ CG_RTOL·‖b‖, relative (TRPO's default stops at an
+# absolute ‖r‖² < 1e-10, i.e. ‖r‖ ≈ 1e-5 whatever the scale of g and b): the closed form
 # divides by bᵀF⁻¹b, and Meta-CPO differentiates through the iterations.
 CG_RTOL = 1e-10
 
@@ -136,25 +136,6 @@ def _f_a(lam: float, a_: float, b_: float, r: float, c: float, s: float) -> floa
     return -0.5 * (a_ / max(lam, EPS) + b_ * lam) + r * c / s
 
 
-def conjugate_gradient(
-    fvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int
-) -> torch.Tensor:
-    """x ≈ F⁻¹b by at most `iters` conjugate-gradient iterations, from x = 0, stopping at a
-    relative residual CG_RTOL. Plain tensor operations: differentiable when fvp and b are."""
-    x, r = torch.zeros_like(b), b.clone()
-    p, rr = r.clone(), r @ r
-    stop = CG_RTOL**2 * _val(rr)
-    for _ in range(iters):
-        if _val(rr) <= stop:
-            break
-        fp = fvp(p)
-        alpha = rr / (p @ fp)
-        x, r = x + alpha * p, r - alpha * fp
-        rr_new = r @ r
-        p, rr = r + (rr_new / rr) * p, rr_new
-    return x
-
-
 def cpo_direction(
     g: torch.Tensor,
     b: torch.Tensor,
@@ -165,8 +146,8 @@ def cpo_direction(
 ) -> tuple[torch.Tensor, CPOSolution]:
     """The closed-form step x (flat) and its multipliers. Differentiable in g, b and the
     Fisher products when those carry a graph (CG is a fixed sequence of tensor operations)."""
-    xg = conjugate_gradient(fvp, g, cg_iters)
-    xb = conjugate_gradient(fvp, b, cg_iters)
+    xg = conjugate_gradient(fvp, g, cg_iters, CG_RTOL)
+    xb = conjugate_gradient(fvp, b, cg_iters, CG_RTOL)
     q, r, s = g @ xg, g @ xb, b @ xb
     sol = cpo_multipliers(q, r, s, c, delta)
     if sol.case == RECOVERY:

@@ -32,16 +32,23 @@ def flat_grad(y: torch.Tensor, params: list[torch.Tensor], create_graph: bool = 
 
 
 def conjugate_gradient(
-    fvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int
+    fvp: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, rtol: float | None = None
 ) -> torch.Tensor:
+    """x ≈ F⁻¹b by at most `iters` iterations from x = 0. Stops once r·r < 1e-10, or with
+    `rtol` once ‖r‖ ≤ rtol·‖b‖ (relative: CPO's closed form divides by bᵀF⁻¹b whatever the
+    scale of b). Plain tensor operations: differentiable when fvp and b are."""
     x, r = torch.zeros_like(b), b.clone()
     p, rr = r.clone(), r @ r
+    stop = None if rtol is None else rtol**2 * float(rr.detach())
+    eps = 1e-12 if rtol is None else 0.0
     for _ in range(iters):
+        if stop is not None and float(rr.detach()) <= stop:
+            break
         fp = fvp(p)
-        alpha = rr / (p @ fp + 1e-12)
+        alpha = rr / (p @ fp + eps)
         x, r = x + alpha * p, r - alpha * fp
         rr_new = r @ r
-        if rr_new < 1e-10:
+        if stop is None and rr_new < 1e-10:
             break
         p, rr = r + (rr_new / rr) * p, rr_new
     return x
