@@ -512,7 +512,7 @@ def report(theirs: dict, seeds: list[int], gremlin_seeds: int) -> None:
     rows.append(("1. gremlin boxes, ours vs theirs, same states (200 steps)", f"max {1000 * diff:.2f} mm",
                  "", ""))
     for level, (split, name) in (("SafetyPointButton1-v0", ("train", "level 1")),
-                                 ("SafetyPointButton2-v0", ("test", "level 2"))):
+                                 ("SafetyPointButton2-v0", ("ood", "level 2"))):
         lays = theirs["level_layouts"][level]
         valid = 0
         for lay in lays:

@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", default="quick", help="quick | paper")
     c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field of every algorithm (repeatable)")
-    c.add_argument("--out", default=None, help="comparison directory (default runs/compare-<env>-<preset>)")
+    c.add_argument("--split", default="test", choices=("test", "ood"),
+                   help="meta-test tasks from this split: test (fresh draws of the training distribution; "
+                        "default) or ood (shifted, harder); one split per comparison directory")
+    c.add_argument("--out", default=None,
+                   help="comparison directory (default runs/compare-<env>-<preset>, -ood appended for ood)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.add_argument("--report-only", action="store_true",
                    help="run nothing: write the report of the runs finished so far")
@@ -79,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None, help="adaptation steps per task")
     e.add_argument("--task-file", default=None, metavar="FILE",
                    help="JSON list of test tasks (or {\"test\": [...]}) instead of the run's own")
+    e.add_argument("--split", default=None, choices=("test", "ood"),
+                   help="fresh tasks of this split instead of the run's own (writes RUN_DIR/test-<split>/; "
+                        "test: the training distribution, ood: shifted, harder)")
 
     v = sub.add_parser("render", help="watch a trained run's meta-policy and its safe adaptation on one "
                        "task (a GIF or MP4 with reward, cost and limit on every frame)")
@@ -181,7 +188,7 @@ def _compare(args: argparse.Namespace) -> int:
     from safemeta.experiment.compare import CompareSpec, compare
 
     spec = CompareSpec(env=args.env, algos=_algos(args.algos), seeds=args.seeds, preset=args.preset,
-                       overrides=C.parse_overrides(args.sets), out=args.out)
+                       overrides=C.parse_overrides(args.sets), out=args.out, split=args.split)
     path = compare(spec, progress=not args.no_progress, report_only=args.report_only)
     if path is None:
         print("interrupted: rerun the same command to continue")
@@ -230,7 +237,7 @@ def _test(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and v < (1 if name == "tasks" else 0):
             raise C.ConfigError(f"--{name}: got {v}; accepted an integer >= {1 if name == 'tasks' else 0}")
-    path = test_run(Path(args.run_dir), args.tasks, args.steps, task_file=args.task_file)
+    path = test_run(Path(args.run_dir), args.tasks, args.steps, task_file=args.task_file, split=args.split)
     _print_table(path.parent / "metrics.csv")
     print(f"report: {path}")
     return 0

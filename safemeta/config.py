@@ -51,6 +51,10 @@ class CommonConfig:
     eval_every: int = param(1, "evaluate on validation tasks every N iterations", low=1, high=10**7)
     test_tasks: int = param(20, "held-out test tasks in meta-test", low=1, high=10_000)
     test_steps: int = param(20, "adaptation steps per test task in meta-test", low=0, high=10_000)
+    test_split: str = param(
+        "test", "split the meta-test tasks are drawn from: test (fresh draws of the training "
+        "distribution) or ood (a shifted, harder one; `safemeta envs` shows both)",
+        choices=("test", "ood"))
     checkpoint_every: int = param(10, "write a checkpoint every N iterations", low=1, high=10**7)
     keep_checkpoints: int = param(3, "how many checkpoints to keep", low=1, high=10**4)
 

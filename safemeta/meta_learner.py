@@ -125,6 +125,9 @@ class MetaLearner(Algorithm):
         "post_cost_discounted",
         "eval_source",
         "explore_cost_max",
+        "n_over",
+        "n_start_over",
+        "n_recovered",
         "unstable",
         "env_steps",
         "steps_per_task",
@@ -169,6 +172,7 @@ class MetaLearner(Algorithm):
         self.timer = PhaseTimer()
         self._eval_key = 0  # the iteration (or META_TEST_STREAM) of the evaluation under way
         self.meta_test_phases: dict[str, float] = {}
+        self.meta_test_tasks: list[dict[str, Any]] = []  # per task of the last meta-test (`recovery`)
 
     @classmethod
     def presets(cls, suite_id: str) -> dict[str, dict[str, Any]]:
@@ -239,18 +243,26 @@ class MetaLearner(Algorithm):
                 return self.sampler.collect(tasks, policies, streams, steps=c.steps_per_task)
             return self.sampler.collect(tasks, policies, streams, episodes=episodes or c.episodes_per_task)
 
-    def estimate(self, roll: Rollout) -> list[Advantages]:
-        """Critics fitted once per rollout and the advantages of every task (cached)."""
+    def estimate(self, roll: Rollout, held: Rollout | None = None) -> list[Advantages]:
+        """Critics fitted once per rollout and the advantages of every task (cached); with
+        `held` (other episodes of the same tasks), its advantages from the critics of `roll`
+        too (`held.advantages`: the safety test's held-out part never fits a critic)."""
+        c = self.cfg
+
+        def advantages(r: Rollout, critics: list[Any]) -> list[Advantages]:
+            return [task_advantages(r.task(i), critics[i], self.policy, c.gamma, c.gae_lambda, self.cost_type,
+                                    c.kappa, c.normalize_adv)
+                    if len(r.ep_cost[i]) else _no_episodes(self.num_costs) for i in range(r.num_tasks)]
+
         if roll.advantages is None:
-            c = self.cfg
             with self.timer("t_critic"):
-                critics = fit_critics(roll, self.policy, c.gamma, c.critic, c.critic_reg, self.critic,
-                                      self.rng)
-                roll.advantages = [
-                    task_advantages(roll.task(i), critics[i], self.policy, c.gamma, c.gae_lambda,
-                                    self.cost_type, c.kappa, c.normalize_adv)
-                    for i in range(roll.num_tasks)
-                ]
+                roll.critics = fit_critics(roll, self.policy, c.gamma, c.critic, c.critic_reg, self.critic,
+                                           self.rng)
+                roll.advantages = advantages(roll, roll.critics)
+        if held is not None and held.advantages is None:
+            assert roll.critics is not None, "held-out advantages need the critics of their candidate part"
+            with self.timer("t_critic"):
+                held.advantages = advantages(held, roll.critics)
         return roll.advantages
 
     def policy_step(self, data: Rollout, weights: np.ndarray, kl_states: np.ndarray) -> dict[str, float]:
@@ -359,7 +371,8 @@ class MetaLearner(Algorithm):
         }
 
     def step_log(self, adapted: list[TaskPolicy]) -> dict[str, float]:
-        return {k: float(np.mean([a.log[k] for a in adapted])) for k in self.step_columns}
+        """The step columns over tasks: counts (`n_*`) summed, everything else averaged."""
+        return {k: _over_tasks(k, [a.log[k] for a in adapted]) for k in self.step_columns}
 
     def summary(self, reward: np.ndarray, cost: np.ndarray) -> dict[str, Any]:
         """reward (tasks,), cost (tasks, p): the required columns (cost columns of constraint 0)."""
@@ -404,11 +417,19 @@ class MetaLearner(Algorithm):
                          for first, chunk in _chunks(tasks, self.cfg.meta_batch)]
             self.meta_test_phases = dict(self.timer.totals)  # where meta-test's time went (bench)
         rows = []
+        costs = np.stack([np.concatenate([pc[t]["cost"] for pc in per_chunk]) for t in range(steps + 1)])
+        over = np.any(costs > self.cost_limit, axis=2)  # (steps + 1, tasks): a task's cost over d at step t
+        self.meta_test_tasks = recovery(costs, over, self.cost_limit)
         for t in range(steps + 1):
             rec = [pc[t] for pc in per_chunk]
             reward = np.concatenate([r["reward"] for r in rec])
             cost = np.concatenate([r["cost"] for r in rec])
             row = {"phase": "meta_test", "iteration": -1, "step": t, **self.summary(reward, cost)}
+            row.update(
+                n_over=int(over[t].sum()),  # tasks whose policy at step t is over the limit
+                n_start_over=int(over[0].sum()),  # tasks whose meta-policy (step 0) is
+                n_recovered=int((over[0] & ~over[: t + 1].all(0)).sum()),  # of those, under by step t
+            )
             row.update(
                 explore_cost_max=None
                 if t == steps
@@ -416,7 +437,7 @@ class MetaLearner(Algorithm):
                 time_s=sum(r["time"] for r in rec),
                 env_steps=sum(r["env_steps"] for r in rec),
                 steps_per_task=None if t == steps else sum(r["data_steps"] for r in rec) / len(reward),
-                **{k: float(np.mean([r[k] for r in rec])) for k in self.step_columns},
+                **{k: _over_tasks(k, [r[k] for r in rec], chunks=True) for k in self.step_columns},
             )
             rows.append(row)
         return rows
@@ -478,6 +499,38 @@ class MetaLearner(Algorithm):
 
     def close(self) -> None:
         self.sampler.close()
+
+
+def recovery(costs: np.ndarray, over: np.ndarray, limit: np.ndarray) -> list[dict[str, Any]]:
+    """Per meta-test task: its cost (constraint 0) at every step, whether the meta-policy
+    started over the limit, and the first step at which it was back under (None: not
+    recovered within the meta-test). `costs` (steps + 1, tasks, p), `over` (steps + 1, tasks)."""
+    out = []
+    for i in range(costs.shape[1]):
+        under = np.flatnonzero(~over[:, i])
+        out.append({
+            "task": i,
+            "cost": [float(c) for c in costs[:, i, 0]],
+            "limit": float(limit[0]),
+            "started_over": bool(over[0, i]),
+            "back_under_at": None if not over[0, i] else (int(under[0]) if under.size else None),
+        })
+    return out
+
+
+def _no_episodes(p: int) -> Advantages:
+    """The advantages of a task part without episodes (a safety-test split of too few)."""
+    return Advantages(np.zeros(0), np.zeros((0, p)), np.zeros(p), 1.0)
+
+
+def _over_tasks(key: str, values: list[float | None], chunks: bool = False) -> float | None:
+    """Counts (`n_*` columns) add up over tasks (or chunks of tasks); other columns average
+    over the tasks that have a value (over chunks: the mean of chunk means, as chunks hold
+    `meta_batch` tasks each); None when none has."""
+    if key.startswith("n_"):
+        return float(np.sum(values))
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def _chunks(items: list[Task], size: int) -> list[tuple[int, list[Task]]]:

@@ -21,7 +21,7 @@ from safemeta.cli import main
 from safemeta.experiment.compare_report import bootstrap_band
 from safemeta.experiment.metrics import read_rows
 
-TINY = [a for kv in ("iterations=2", "meta_batch=2", "episodes_per_task=2", "horizon=30", "val_tasks=2",
+TINY = [a for kv in ("iterations=2", "meta_batch=2", "episodes_per_task=3", "horizon=30", "val_tasks=2",
                      "test_tasks=2", "test_steps=1", "eval_episodes=2", "eval_every=1", "hidden=16",
                      "checkpoint_every=1")
         for a in ("--set", kv)]
@@ -64,7 +64,7 @@ def test_every_algorithm_sees_the_same_tasks_and_budgets(tmp_path: Path) -> None
     # the data each algorithm sampled per meta-test step: the same budget, in steps
     steps = {a: [r["steps_per_task"] for r in read_rows(out / a / "s0" / "metrics.csv")
                  if r["phase"] == "meta_test" and r["step"] == 0] for a in ALGO_IDS}
-    assert len({tuple(v) for v in steps.values()}) == 1 and steps["safemeta"] == [60.0]  # 2 episodes x 30
+    assert len({tuple(v) for v in steps.values()}) == 1 and steps["safemeta"] == [90.0]  # 3 episodes x 30
     meta = {a: c["iterations"] for a, c in cfgs.items()}
     assert meta["cpo"] == meta["ppo-lag"] == 0 and meta["safemeta"] == meta["maml-lag"] == 2
     report = json.loads((out / "report" / "compare.json").read_text())

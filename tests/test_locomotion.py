@@ -155,7 +155,7 @@ def test_same_seed_same_trajectory(suite_id: str):
 
 
 @pytest.mark.parametrize("suite_id", SUITE_IDS)
-@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("split", ["train", "test", "ood"])
 def test_sampling_stays_in_declared_ranges(suite_id: str, split: str):
     suite = safemeta.suite(suite_id)
     (rng_decl,) = suite.param_ranges(split)
@@ -173,14 +173,14 @@ def test_sampling_stays_in_declared_ranges(suite_id: str, split: str):
 
 
 def test_declared_ranges_match_spec():
-    expected = {
-        HalfCheetahVelSuite: ("target_velocity", 0.0, 2.0),
-        HopperVelSuite: ("target_velocity", 0.0, 1.0),
-        SwimmerVelSuite: ("target_velocity", 0.0, 1.0),
-        HumanoidDirSuite: ("direction", 0.0, 0.9),
+    expected = {  # (parameter, train and test range, ood range)
+        HalfCheetahVelSuite: ("target_velocity", (0.0, 2.0), (2.0, 2.5)),
+        HopperVelSuite: ("target_velocity", (0.0, 1.0), (1.0, 1.25)),
+        SwimmerVelSuite: ("target_velocity", (0.0, 1.0), (1.0, 1.25)),
+        HumanoidDirSuite: ("direction", (0.0, 0.9), (0.9, 1.125)),
     }
-    for cls, (name, low, high) in expected.items():
-        for split in ("train", "test"):
+    for cls, (name, train, ood) in expected.items():
+        for split, (low, high) in (("train", train), ("test", train), ("ood", ood)):
             (r,) = cls().param_ranges(split)
             assert (r.name, r.low, r.high) == (name, low, high)
 

@@ -123,9 +123,9 @@ def test_two_runs_with_one_seed_are_identical(dual: str) -> None:
     assert runs[0] == runs[1]
     other = make_algo(seed=4, dual=dual)
     assert strip_times([other.train_iteration(0)]) != runs[0][:1]
-    if dual == "bisection":  # it changes the multipliers the adaptation steps used
-        sample = _three_iterations(3)
-        assert [r["u_mean"] for r in runs[0][:3]] != [r["u_mean"] for r in sample[:3]]
+    if dual == "bisection":  # it changes the multipliers the adaptation steps used (on all the data)
+        sample, bisect = (_three_iterations(3, dual=d, safety_test="off") for d in ("sample", "bisection"))
+        assert [r["u_mean"] for r in bisect[:3]] != [r["u_mean"] for r in sample[:3]]
 
 
 @pytest.mark.parametrize("critic", ["linear", "mlp"])
@@ -278,7 +278,8 @@ def test_rejected_steps_never_collect_data(monkeypatch: pytest.MonkeyPatch) -> N
                 pol.mean_net[-1].bias.add_(3.0)  # Σa² far over the limit
         return out
 
-    settings = dict(max_backoffs=0, verify_recovery=False, eval_every=100, init_log_std=-2.0)
+    settings = dict(max_backoffs=0, verify_recovery=False, eval_every=100, init_log_std=-2.0,
+                    safety_test="off")  # the verification's own rule (tests/test_safety_test.py: the test's)
     control = make_algo(**settings)  # π_φ feasible (Σa² ≈ 0.15 < 0.6): real steps pass
     assert control.train_iteration(1)["accept_rate"] > 0
     monkeypatch.setattr(adaptation, "project_batch", overshoot)

@@ -308,7 +308,7 @@ def task_values(task: Task) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("suite_id", SUITES)
-@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("split", ["train", "test", "ood"])
 def test_sampling_stays_in_declared_ranges(suite_id: str, split: str) -> None:
     suite = safemeta.suite(suite_id)
     tasks = suite.sample_tasks(40, np.random.default_rng(1), split)
@@ -331,10 +331,11 @@ def test_start_uniform_in_box_with_random_heading() -> None:
     assert starts[:, 2].min() < 0.5 and starts[:, 2].max() > 2 * math.pi - 0.5
 
 
-def test_train_and_test_ranges_differ_and_bad_split_is_rejected() -> None:
+def test_test_is_train_ood_differs_and_bad_split_is_rejected() -> None:
     for suite_id in SUITES:
         suite = safemeta.suite(suite_id)
-        assert suite.param_ranges("train") != suite.param_ranges("test")
+        assert suite.param_ranges("train") == suite.param_ranges("test")
+        assert suite.param_ranges("train") != suite.param_ranges("ood")
         with pytest.raises(ValueError, match="split"):
             suite.sample_tasks(1, np.random.default_rng(0), "valid")
 

@@ -25,7 +25,7 @@ from safemeta.envs import registry
 from safemeta.experiment.metrics import read_rows
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own_suite"
-TINY = [a for kv in ("iterations=2", "meta_batch=2", "episodes_per_task=2", "val_tasks=1", "test_tasks=1",
+TINY = [a for kv in ("iterations=2", "meta_batch=2", "episodes_per_task=3", "val_tasks=1", "test_tasks=1",
                      "test_steps=1", "eval_episodes=2", "hidden=16") for a in ("--set", kv)]
 
 

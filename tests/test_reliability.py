@@ -422,7 +422,7 @@ def test_mujoco_divergence_truncates_the_episode_with_a_flag() -> None:
 # ---------------------------------------------------------------- the continuous algorithm
 
 CONT = ["--env", "point-circle", "--no-progress"] + [
-    a for kv in ("iterations=4", "meta_batch=2", "episodes_per_task=2", "horizon=60", "val_tasks=1",
+    a for kv in ("iterations=4", "meta_batch=2", "episodes_per_task=3", "horizon=60", "val_tasks=1",
                  "test_tasks=1", "test_steps=1", "eval_episodes=2", "checkpoint_every=1", "eval_every=2")
     for a in ("--set", kv)]
 

@@ -19,7 +19,7 @@ from safemeta.experiment import render as R
 from safemeta.nn.policy import GaussianPolicy
 
 TINY = ["--env", "point-circle", "--no-progress"] + [
-    a for kv in ("iterations=1", "meta_batch=2", "episodes_per_task=2", "horizon=40", "val_tasks=1",
+    a for kv in ("iterations=1", "meta_batch=2", "episodes_per_task=3", "horizon=40", "val_tasks=1",
                  "test_tasks=2", "test_steps=1", "eval_episodes=1", "hidden=16", "checkpoint_every=1")
     for a in ("--set", kv)]
 

@@ -91,7 +91,7 @@ def test_task_validation_names_the_parameter() -> None:
 def test_task_sampling_stays_in_declared_ranges(suite_id: str) -> None:
     suite = safemeta.suite(suite_id)
     rng = np.random.default_rng(3)
-    for split in ("train", "test"):
+    for split in ("train", "test", "ood"):
         ranges = {p.name: p for p in suite.param_ranges(split)}
         for task in suite.sample_tasks(200, rng, split):
             for name, pr in ranges.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,10 @@ class AdaptParams:
         return self.cost_limit + self.delta
 
 
+# what verification (or a replacement) returns: (policy, surrogate, kl, backoffs, accepted)
+Selected = tuple[GaussianPolicy, np.ndarray, float, int, bool]
+
+
 @dataclass
 class AdaptResult:
     policy: GaussianPolicy  # verified adapted policy (π_k itself when rejected)
@@ -62,6 +67,12 @@ class AdaptResult:
     backoffs: int  # halvings of the step; max_backoffs + 1 means rejected (π_k kept)
     accepted: bool
     times: dict[str, float] = field(default_factory=dict)
+    # the held-out safety test (`core/safety_test.py`; None without it)
+    status: str | None = None  # "accepted", "backed_off" or "kept"
+    fraction: float = 1.0  # of the candidate's step that was handed out
+    test_bound: np.ndarray | None = None  # (p,) upper confidence bound of the last policy tested
+    test_estimate: np.ndarray | None = None  # (p,) its held-out mean surrogate
+    recovering: bool = False  # π_k over d + δ on some constraint
 
 
 def cost_ucb(ep_cost: np.ndarray, z: float) -> np.ndarray | float:
@@ -202,16 +213,20 @@ def adapt_batch(
     params: AdaptParams,
     cfg: SafeMetaConfig,
     rng: np.random.Generator,
+    select: Callable[[int, GaussianPolicy, GaussianPolicy], Selected] | None = None,
+    ucbs: list[np.ndarray] | None = None,
 ) -> list[AdaptResult]:
     """One verified safe adaptation step per task of `roll`, task i from `policies_k[i]`
     with its advantages `advs[i]`: the dual per task, one batched projection,
-    verification per task."""
+    verification per task. `select(i, projected, π_k)` replaces verification (the safety
+    test's candidate selection) and `ucbs` the confidence terms added to Ĵ_c."""
     t1 = time.perf_counter()
     tasks = [roll.task(i) for i in range(roll.num_tasks)]
     finite = [_finite(a) for a in advs]  # SPEC §8: a non-finite sample is rejected, never used
     advs = [a if ok else _zeroed(a) for a, ok in zip(advs, finite)]
     episodes = roll.ep_cost if params.cost_type == "undiscounted" else roll.ep_disc_cost
-    ucbs = [cost_ucb(ep, cfg.verify_confidence) for ep in episodes]
+    if ucbs is None:
+        ucbs = [cost_ucb(ep, cfg.verify_confidence) for ep in episodes]
     lam_c, delta = params.lam_c, params.delta
     probs = [SampleDual(a.adv, a.cost_adv, a.cost_value + ucb, params.cost_limit, params.lam, lam_c, delta,
                         a.kappa) for a, ucb in zip(advs, ucbs)]
@@ -236,9 +251,12 @@ def adapt_batch(
     results = []
     for i, (a, sol) in enumerate(zip(advs, sols)):
         k = len(tasks[i].obs)
-        pol, sur, kl, backoffs, ok = verify(
-            new[i], learners[i], obs[i, :k], act[i, :k], logp_k[i, :k], a, cfg, lam_c, bound, ucbs[i]
-        )
+        if select is not None:
+            pol, sur, kl, backoffs, ok = select(i, new[i], learners[i])
+        else:
+            pol, sur, kl, backoffs, ok = verify(
+                new[i], learners[i], obs[i, :k], act[i, :k], logp_k[i, :k], a, cfg, lam_c, bound, ucbs[i]
+            )
         ok = ok and finite[i]
         results.append(AdaptResult(pol.to("cpu") if ok else policies_k[i], sol, kl, sur, backoffs, ok))
     t3 = time.perf_counter()

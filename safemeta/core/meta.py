@@ -21,6 +21,7 @@ import numpy as np
 
 from safemeta.config import ConfigError, GaussianConfig, param
 from safemeta.core.adaptation import AdaptParams, AdaptResult, adapt_batch
+from safemeta.core.safety_test import ACCEPTED, BACKED_OFF, KEPT, adapt_tested, split_episodes
 from safemeta.core.theory import theory_params
 from safemeta.envs.base import Suite, Task
 from safemeta.meta_learner import MetaLearner, TaskPolicy
@@ -100,6 +101,35 @@ class SafeMetaConfig(GaussianConfig):
         high=10,
     )
 
+    safety_test: str = param(
+        "t",
+        "held-out safety test of every adapted policy (issue 10): 't' Student-t upper bound, "
+        "'bernstein' distribution-free on values in [0, safety_range], 'off' the verification "
+        "on all the data (verify_* fields)",
+        choices=("t", "bernstein", "off"),
+    )
+    safety_alpha: float = param(0.05, "safety test: probability α of accepting a step whose surrogate "
+                                "exceeds d + δ", low=0, low_open=True, high=0.5)
+    safety_split: float = param(0.4, "safety test: fraction of π_k's episodes per task held out for it",
+                                low=0, low_open=True, high=0.9)
+    safety_retests: int = param(3, "safety test: step fractions tested (1, 1/2, 1/4, ...), α split "
+                                "among them", low=1, high=10)
+    safety_inflate: float = param(
+        2.0, "safety test: candidate selection aims at mean + this × the test's predicted half-width "
+        "(Thomas et al. 2019 double it)", low=0, high=100)
+    safety_range: float = param(
+        0.0, "safety_test=bernstein: the range b of the per-episode cost surrogate (e.g. the horizon "
+        "for a 0/1 cost); required there", low=0, high=1e12)
+
+    def check(self) -> None:
+        if self.safety_test != "off" and self.steps_per_task == 0 and self.episodes_per_task < 3:
+            raise ConfigError(f"episodes_per_task: got {self.episodes_per_task} with safety_test="
+                              f"{self.safety_test}; accepted >= 3 (the test holds episodes out), or "
+                              "safety_test=off")
+        if self.safety_test == "bernstein" and not self.safety_range > 0:
+            raise ConfigError("safety_range: got 0 with safety_test=bernstein; accepted the range b > 0 of "
+                              "the per-episode cost surrogate (e.g. the horizon for a 0/1 cost)")
+
     def adapt_params(self, num_costs: int, cost_limit: np.ndarray, cost_type: str) -> AdaptParams:
         """λ, λ_c, δ from the fields or from the theorem (SPEC §2.5), with the suite's limits."""
         lam, delta = self.lam, self.delta
@@ -122,7 +152,8 @@ class SafeMeta(MetaLearner):
 
     id = "safemeta"
     Config = SafeMetaConfig
-    step_columns = ("u_mean", "eta", "kl", "dual_kl", "surrogate_cost", "backoffs", "accept_rate")
+    step_columns = ("u_mean", "eta", "kl", "dual_kl", "surrogate_cost", "backoffs", "accept_rate",
+                    "n_accepted", "n_backed_off", "n_kept", "n_recovering", "test_bound", "test_estimate")
     subphases = ("t_dual", "t_projection")
     own_columns = ("n_switch", "n_missed", "outer_cost_step", "outer_accepted", "outer_kl")
     cfg: SafeMetaConfig
@@ -139,8 +170,14 @@ class SafeMeta(MetaLearner):
     # ---- adaptation (SPEC §2.4) ----------------------------------------------------------
     def adapt(self, data: Rollout, current: list[TaskPolicy]) -> list[TaskPolicy]:
         """One verified safe adaptation step per task from its current policy π_k."""
-        results = adapt_batch([c.policy for c in current], data, self.estimate(data), self.params, self.cfg,
-                              self.rng)
+        policies = [c.policy for c in current]
+        if self.cfg.safety_test == "off":
+            results = adapt_batch(policies, data, self.estimate(data), self.params, self.cfg, self.rng)
+        else:  # the held-out safety test (core/safety_test.py)
+            cand, held = split_episodes(data, self.cfg.safety_split, self.rng)
+            advs_c = self.estimate(cand, held)
+            results = adapt_tested(policies, data, cand, held, advs_c, held.advantages, self.params, self.cfg,
+                                   self.rng)
         for r in results:
             for k, v in r.times.items():
                 self.timer.add(k, v)
@@ -197,7 +234,17 @@ def missed_steps(pre_cost: np.ndarray, post_cost: np.ndarray, accepted: np.ndarr
 
 
 def _step_log(r: AdaptResult) -> dict[str, float]:
+    def first(x: np.ndarray | None) -> float | None:  # constraint 0; None where nothing was measured
+        return None if x is None or not np.isfinite(x[0]) else float(x[0])
+
     return {
+        # without the safety test: accepted = verified with no back-off, backed off = after halvings
+        "n_accepted": float(r.status == ACCEPTED if r.status else r.accepted and r.backoffs == 0),
+        "n_backed_off": float(r.status == BACKED_OFF if r.status else r.accepted and r.backoffs > 0),
+        "n_kept": float(r.status == KEPT if r.status else not r.accepted),
+        "n_recovering": float(r.recovering),
+        "test_bound": first(r.test_bound),
+        "test_estimate": first(r.test_estimate),
         "u_mean": float(r.dual.u.mean()),
         "eta": float(r.dual.eta),
         "kl": float(r.kl),

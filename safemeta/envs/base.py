@@ -3,6 +3,13 @@
 A *task* is a small frozen dataclass (printable, JSON-serialisable through
 ``dataclasses.asdict``). A *suite* samples tasks per split and builds a standard
 ``gymnasium.Env`` for a task, with the per-step cost in ``info["cost"]``.
+
+Splits: ``train`` is the task distribution meta-training samples (and validation draws
+from); ``test`` holds fresh draws of the same distribution, the tasks the paper's
+guarantee is about; ``ood`` is a shifted, harder distribution, for measuring what
+happens outside it. A suite names the splits it accepts in ``splits``; one written
+before ``ood`` existed keeps the default ``("train", "test")`` and refuses ``ood`` in
+one line.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "ood")
+TEST_SPLITS = ("test", "ood")  # what meta-test may be run on (config `test_split`)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class Suite(abc.ABC):
     cost_type: str = "undiscounted"  # "undiscounted" | "discounted": which return the limit binds
     num_costs: int = 1
     cost_doc: str = ""
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    """The splits `sample_tasks` and `param_ranges` accept; built-in suites: SPLITS."""
 
     @abc.abstractmethod
     def sample_tasks(
@@ -101,10 +111,19 @@ class Suite(abc.ABC):
         finally:
             env.close()
 
-    @staticmethod
-    def check_split(split: str) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split: got {split!r}; accepted {list(SPLITS)}")
+    @classmethod
+    def check_split(cls, split: str) -> None:
+        """ValueError in one line naming the suite and the splits it accepts."""
+        if split not in cls.splits:
+            raise ValueError(split_refusal(cls, split))
+
+
+def split_refusal(suite: Suite | type[Suite], split: str, key: str = "split") -> str:
+    """The one line that refuses `split` (given as `key`) for `suite`."""
+    suite_id = getattr(suite, "id", None)
+    accepted = f"suite {suite_id!r} accepts" if suite_id else "accepted"
+    why = f" (it declares no {split!r} split)" if split in SPLITS else ""
+    return f"{key}: got {split!r}; {accepted} {list(suite.splits)}{why}"
 
 
 def _tuplify(v: Any) -> Any:

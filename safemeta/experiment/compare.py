@@ -1,14 +1,17 @@
 """`safemeta compare`: every algorithm on the same tasks and budgets, over seeds (SPEC §3, §5).
 
 A comparison directory:
-    compare.yaml         what makes its runs comparable (suite, preset, --set values)
-    tasks-s<seed>.json   the validation and test tasks of a seed, shared by every algorithm
+    compare.yaml         what makes its runs comparable (suite, preset, --set values, and
+                         the split of the test tasks when it is not `test`)
+    tasks-s<seed>.json   the validation tasks (train split) and test tasks (the comparison's
+                         split) of a seed, shared by every algorithm
     <algo>/s<seed>/      one run directory each (`safemeta train`'s layout)
     report/              compare.md, meta_train.png, meta_test.png, time.png, compare.json
 
 Rerunning the command continues: a finished run is kept, an interrupted one resumes
 from its checkpoint (exactly, on CPU), a missing one starts; more algorithms or seeds
-may be asked for later (the suite, preset and --set values must stay). The report, on
+may be asked for later (the suite, preset, --set values and split must stay: a directory
+holds one split, and asking another of it is refused in one line). The report, on
 the algorithms and seeds asked for, is written from the runs' metrics alone, so an
 interrupted-then-resumed comparison reports the same numbers as an uninterrupted one.
 """
@@ -24,6 +27,7 @@ import numpy as np
 import yaml
 
 from safemeta import config as C
+from safemeta.envs.base import TEST_SPLITS
 from safemeta.experiment import checkpoint
 from safemeta.experiment.metrics import read_rows
 from safemeta.experiment.runner import Resolved, Run, RunSpec, resolve
@@ -44,11 +48,18 @@ class CompareSpec:
     preset: str = "quick"
     overrides: dict[str, Any] = field(default_factory=dict)
     out: str | None = None
+    split: str = "test"  # the split of the meta-test tasks (the runs' test_split)
 
     def header(self) -> dict[str, Any]:
-        """What makes runs comparable; algorithms and seeds may be added to a comparison later."""
-        return {"env": self.env, "preset": self.preset,
+        """What makes runs comparable; algorithms and seeds may be added to a comparison later.
+        The split is written only when it is not `test`, so directories from before it match."""
+        head = {"env": self.env, "preset": self.preset,
                 "overrides": {k: str(v) for k, v in sorted(self.overrides.items())}}
+        return head if self.split == "test" else {**head, "split": self.split}
+
+    def run_overrides(self) -> dict[str, Any]:
+        """The --set values and the split, as every run of the comparison gets them."""
+        return self.overrides if self.split == "test" else {**self.overrides, "test_split": self.split}
 
 
 def resolve_all(spec: CompareSpec) -> dict[str, Resolved]:
@@ -60,6 +71,10 @@ def resolve_all(spec: CompareSpec) -> dict[str, Resolved]:
         raise C.ConfigError(f"--algos: {','.join(spec.algos)} names an algorithm twice")
     if not 1 <= spec.seeds <= 100:
         raise C.ConfigError(f"--seeds: got {spec.seeds}; accepted 1..100")
+    if spec.split not in TEST_SPLITS:
+        raise C.ConfigError(f"--split: got {spec.split!r}; accepted {', '.join(TEST_SPLITS)}")
+    if "test_split" in spec.overrides:
+        raise C.ConfigError("--set test_split: a comparison takes its split from --split")
     out: dict[str, Resolved] = {}
     for algo in spec.algos:
         r = resolve(RunSpec(env=spec.env, algo=algo, preset=spec.preset, overrides={}))
@@ -69,7 +84,7 @@ def resolve_all(spec: CompareSpec) -> dict[str, Resolved]:
             raise C.ConfigError(f"--set: {algo} has no field {missing[0]!r}; a comparison's --set must "
                                 "apply to every algorithm")
         out[algo] = resolve(RunSpec(env=spec.env, algo=algo, preset=spec.preset,
-                                    overrides=_run_overrides(spec.overrides, r)))
+                                    overrides=_run_overrides(spec.run_overrides(), r)))
     _check_budgets(out)
     return out
 
@@ -96,18 +111,20 @@ def _check_budgets(resolved: dict[str, Resolved]) -> None:
 
 
 def seed_tasks(resolved: Resolved, seed: int) -> dict[str, list[dict[str, Any]]]:
-    """The seed's validation and test tasks: the draws `safemeta train --seed` makes."""
+    """The seed's validation and test tasks (of its test_split): the draws `safemeta train
+    --seed` makes."""
     task_seq, _ = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(task_seq)
     suite, cfg = resolved.suite, resolved.cfg
     return {"val": [t.to_dict() for t in suite.sample_tasks(cfg.val_tasks, rng, "train")],
-            "test": [t.to_dict() for t in suite.sample_tasks(cfg.test_tasks, rng, "test")]}
+            "test": [t.to_dict() for t in suite.sample_tasks(cfg.test_tasks, rng, cfg.test_split)]}
 
 
 class Comparison:
     def __init__(self, spec: CompareSpec, log: Callable[[str], None] = print) -> None:
         self.spec, self.log = spec, log
-        self.dir = Path(spec.out or f"runs/compare-{spec.env}-{spec.preset}")
+        suffix = "" if spec.split == "test" else f"-{spec.split}"
+        self.dir = Path(spec.out or f"runs/compare-{spec.env}-{spec.preset}{suffix}")
         self.resolved = resolve_all(spec)
 
     def prepare(self) -> None:
@@ -115,6 +132,10 @@ class Comparison:
         want = self.spec.header()
         if path.exists():
             have = yaml.safe_load(path.read_text()) or {}
+            split = have.get("split", "test") if isinstance(have, dict) else None
+            if split is not None and split != self.spec.split:
+                raise C.ConfigError(f"out: {self.dir} compares on the {split!r} split, not "
+                                    f"{self.spec.split!r}; use another --out or --split {split}")
             if have != want:
                 diff = [k for k in want if have.get(k) != want[k]]
                 raise C.ConfigError(f"out: {self.dir} holds another comparison (its {', '.join(diff)} "
@@ -147,7 +168,7 @@ class Comparison:
                 self.log(f"[{k}/{total}] {algo} seed {seed}: {'resuming' if resuming else 'starting'}")
                 r = self.resolved[algo]
                 spec = RunSpec(env=self.spec.env, algo=algo, preset=self.spec.preset,
-                               overrides={**_run_overrides(self.spec.overrides, r), "seed": seed},
+                               overrides={**_run_overrides(self.spec.run_overrides(), r), "seed": seed},
                                out=str(out), resume=resuming, task_file=str(task_file))
                 if not Run(resolve(spec), log=self.log).train(progress=progress):
                     return False
@@ -201,5 +222,6 @@ def _budget_line(r: Resolved) -> str:
     data = (f"{cfg.steps_per_task} environment steps (whole episodes)" if cfg.steps_per_task
             else f"{cfg.episodes_per_task} episodes of at most {horizon} steps")
     return (f"budget per task and data collection: {data}; {cfg.meta_batch} tasks per meta-iteration; "
-            f"meta-test: {cfg.test_tasks} tasks x {cfg.test_steps} adaptation steps, "
+            f"meta-test: {cfg.test_tasks} tasks of the {cfg.test_split!r} split x {cfg.test_steps} "
+            "adaptation steps, "
             f"{cfg.eval_episodes} evaluation episodes per policy")

@@ -1,4 +1,9 @@
-"""`safemeta envs`: every suite with its task parameters per split, cost, limit and sizes."""
+"""`safemeta envs`: every suite with its task parameters per split, cost, limit and sizes.
+
+Splits: `train` (meta-training and validation tasks), `test` (fresh draws of the same
+distribution: meta-test by default) and `ood` (shifted, harder: `--set test_split=ood`,
+`safemeta test --split ood`), for the suites that declare it.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ def describe(suite_id: str) -> dict[str, Any]:
         "id": s.id, "description": s.description, "family": s.family, "horizon": s.horizon,
         "cost": s.cost_doc, "cost_limit": s.cost_limit, "cost_type": s.cost_type,
         "obs": size(obs), "act": size(act),
-        "params": {split: s.param_ranges(split) for split in ("train", "test")},
+        "params": {split: s.param_ranges(split) for split in s.splits},
         "task_example": _example(s),
     }
 

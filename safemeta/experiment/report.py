@@ -108,6 +108,8 @@ def write_report(run_dir: Path, title: str, metrics: Path | None = None,
                                    r["cost_limit"], r["violation_rate"], r["time_s"]] for r in test]),
                   "", f"**Anytime safety**: {_num(viol)} of (task, step) pairs exceed the limit "
                   f"({'all within the limit' if viol == 0 else 'VIOLATIONS'}).", ""]
+        tasks_json = (metrics or run_dir / "metrics.csv").parent / "meta_test_tasks.json"
+        parts += adaptation_section(test, tasks_json)
     parts += video or []
     summary = summary_rows(train, test)
     if summary:
@@ -115,6 +117,37 @@ def write_report(run_dir: Path, title: str, metrics: Path | None = None,
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path
+
+
+def adaptation_section(test: list[dict[str, Any]], tasks_json: Path) -> list[str]:
+    """Per step, what the adaptation did on the test tasks (the held-out safety test's
+    outcomes: the step accepted, backed off, or π_k kept; tasks recovering from over the
+    limit), and per task that started over the limit, the step it was back under."""
+    parts: list[str] = []
+    steps = [r for r in test[:-1] if r.get("n_kept") is not None]
+    if steps:
+        parts += ["Adaptation per step (each task's step from the policy of that step): accepted in "
+                  "full, backed off to a fraction of the step, or the current policy kept; "
+                  "*recovering*: the current policy was over the limit on its own data.", "",
+                  markdown_table(["step", "accepted", "backed off", "kept", "recovering", "tasks over limit"],
+                                 [[r["step"], r.get("n_accepted"), r.get("n_backed_off"), r.get("n_kept"),
+                                   r.get("n_recovering"), r.get("n_over")] for r in steps]), ""]
+    if tasks_json.exists():
+        import json
+
+        started = [t for t in json.loads(tasks_json.read_text()) if t["started_over"]]
+        if started:
+            rows = [[t["task"], t["cost"][0], t["limit"],
+                     "not recovered" if t["back_under_at"] is None else t["back_under_at"],
+                     " -> ".join(_num(c) for c in t["cost"])] for t in started]
+            parts += [f"**Recovery**: {len(started)} task(s) started over the limit; the step at which "
+                      "each was back under:", "",
+                      markdown_table(["task", "step-0 cost", "limit", "back under at step", "cost by step"],
+                                     rows),
+                      ""]
+        else:
+            parts += ["**Recovery**: no task started over the limit.", ""]
+    return parts
 
 
 # The learner's phases (`meta_learner.PHASES`: exclusive, they sum to an iteration's

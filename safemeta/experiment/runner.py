@@ -1,14 +1,17 @@
 """The run driver: resolve and validate a run, then train, checkpoint, resume, test, report.
 
 Run directory (SPEC §5):
-    config.yaml        resolved config (env, algo, preset, every field)
+    config.yaml        resolved config (env, algo, preset, every field; test_split names
+                       the split the test tasks are drawn from)
     config_diff.yaml   what differs from the defaults
-    tasks.json         validation and test tasks of the run
+    tasks.json         validation tasks (train split) and test tasks (test_split) of the run
     metrics.csv        one row per meta-training iteration and per meta-test step
     tb/                TensorBoard scalars
     checkpoints/       ckpt_<iteration>.pt, atomic, verified
     events.log         rejected iterations, checkpoint fallbacks, interruptions
+    meta_test_tasks.json  per test task: cost by step, started over the limit, back under at
     report/            report.md, meta_train.png, meta_test.png
+    test/, test-<split>/  `safemeta test` on the run's test tasks, or on fresh tasks of a split
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import yaml
 from safemeta import config as C
 from safemeta.algorithm import Algorithm
 from safemeta.algos import algorithm
-from safemeta.envs.base import Suite, Task
+from safemeta.envs.base import SPLITS, TEST_SPLITS, Suite, Task, split_refusal
 from safemeta.envs.registry import suite as make_suite
 from safemeta.experiment import checkpoint, faults
 from safemeta.experiment.metrics import MetricsWriter
@@ -99,6 +102,8 @@ def resolve(spec: RunSpec) -> Resolved:
 
         if not torch.cuda.is_available():
             raise C.ConfigError("device: 'cuda' requested but no CUDA device is available; accepted: cpu")
+    if cfg.test_split not in suite.splits:
+        raise C.ConfigError(split_refusal(suite, cfg.test_split, "test_split"))
     default_out = f"runs/{spec.env}-{spec.algo}-s{cfg.seed}"
     given = read_task_file(suite, spec.task_file) if spec.task_file else {}
     return Resolved(spec, suite, algo_cls, cfg, Path(spec.out or default_out), given)
@@ -154,7 +159,7 @@ class Run:
             if not self.r.spec.resume:
                 raise C.ConfigError(f"out: {self.dir} already holds a run; pass --resume or another --out")
             have = read_run_config(saved)
-            diffs = _differences(have, want)
+            diffs = _differences(have, want, C.to_dict(type(self.r.cfg)()))
             if diffs:
                 raise C.ConfigError(f"out: {self.dir} belongs to another config ({diffs}); "
                                     "use another --out or the same settings")
@@ -189,8 +194,9 @@ class Run:
                                     f"in {self.dir} ({path.name}); use another --out")
             return have
         rng = np.random.default_rng(seq)
-        tasks = {"val": suite.sample_tasks(self.r.cfg.val_tasks, rng, "train"),
-                 "test": suite.sample_tasks(self.r.cfg.test_tasks, rng, "test")}
+        cfg = self.r.cfg
+        tasks = {"val": suite.sample_tasks(cfg.val_tasks, rng, "train"),
+                 "test": suite.sample_tasks(cfg.test_tasks, rng, cfg.test_split)}
         tasks.update(self.r.given_tasks)  # --task-file replaces the sampled split
         data = {k: [t.to_dict() for t in v] for k, v in tasks.items()}
         checkpoint.write_atomic(path, json.dumps(data, indent=1).encode())
@@ -251,13 +257,15 @@ class Run:
                     row["iteration"] = cfg.iterations
                     metrics.write(row)
                     faults.point("meta_test_row")
+                write_meta_test_tasks(algo, self.dir)
             video = report_video(algo, tasks["test"][0], cfg.test_steps, self.dir / "report")
         finally:
             metrics.close()
             algo.close()
             for s, h in old.items():
                 signal.signal(s, h)
-        write_report(self.dir, f"{self.r.spec.algo} on {self.r.spec.env} (seed {cfg.seed})", video=video)
+        title = f"{self.r.spec.algo} on {self.r.spec.env} (seed {cfg.seed}; {_test_source(self.r)})"
+        write_report(self.dir, title, video=video)
         (self.dir / "DONE").write_text("complete\n")
         return True
 
@@ -276,7 +284,7 @@ class Run:
 
     def _accept(self, payload: dict[str, Any]) -> str | None:
         want = {**self.r.header(), "config": C.to_dict(self.r.cfg)}
-        return _differences(payload.get("run", {}), want) or None
+        return _differences(payload.get("run", {}), want, C.to_dict(type(self.r.cfg)())) or None
 
     def _save(self, algo: Algorithm, next_it: int, rows: int, rejected: int) -> None:
         payload = {"run": {**self.r.header(), "config": C.to_dict(self.r.cfg)}, "algo": algo.state_dict(),
@@ -366,18 +374,37 @@ def _non_finite(row: dict[str, Any]) -> str | None:
     return None
 
 
+def write_meta_test_tasks(algo: Algorithm, where: Path) -> None:
+    """meta_test_tasks.json beside the metrics: per test task its cost by step and whether,
+    and when, it recovered from a start over the limit (`meta_learner.recovery`)."""
+    per_task = getattr(algo, "meta_test_tasks", None)
+    if per_task:
+        checkpoint.write_atomic(where / "meta_test_tasks.json", json.dumps(per_task, indent=1).encode())
+
+
 def _has_phase(metrics: MetricsWriter, phase: str) -> bool:
     from safemeta.experiment.metrics import read_rows
 
     return any(r["phase"] == phase for r in read_rows(metrics.path))
 
 
-def _differences(have: dict[str, Any], want: dict[str, Any]) -> str:
+def _test_source(r: Resolved) -> str:
+    """Where a run's meta-test tasks come from, for its report's title."""
+    if "test" in r.given_tasks:
+        return f"meta-test on the tasks of {r.spec.task_file}"
+    return f"meta-test on the {r.cfg.test_split!r} split"
+
+
+def _differences(have: dict[str, Any], want: dict[str, Any],
+                 defaults: dict[str, Any] | None = None) -> str:
+    """The saved run's header and config against the requested ones. A field the saved
+    config lacks was added to safemeta after the run was written (e.g. test_split): it
+    counts as its default, which keeps the behaviour the run had."""
     out = []
     for k in ("env", "algo", "preset"):
         if have.get(k) != want.get(k):
             out.append(f"{k}: saved {have.get(k)!r}, requested {want.get(k)!r}")
-    hc, wc = have.get("config", {}) or {}, want.get("config", {})
+    hc, wc = {**(defaults or {}), **(have.get("config", {}) or {})}, want.get("config", {})
     for k in sorted(set(hc) | set(wc)):
         if hc.get(k) != wc.get(k):
             out.append(f"{k}: saved {hc.get(k)!r}, requested {wc.get(k)!r}")
@@ -428,12 +455,16 @@ def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:
 
 
 def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None,
-             log: Callable[[str], None] = print, task_file: str | Path | None = None) -> Path:
-    """Meta-test a trained run on its test tasks (more are sampled if `n_tasks` asks), or
-    on the test tasks of `task_file` (see `read_task_file`); writes RUN_DIR/test/metrics.csv
-    and a report; returns the report path."""
+             log: Callable[[str], None] = print, task_file: str | Path | None = None,
+             split: str | None = None) -> Path:
+    """Meta-test a trained run on its test tasks (more are sampled if `n_tasks` asks), on
+    the test tasks of `task_file` (see `read_task_file`), or on `n_tasks` (default the run's
+    test_tasks) fresh tasks of `split`. Writes metrics.csv and a report to RUN_DIR/test, or
+    RUN_DIR/test-<split> with `split`; returns the report path."""
     r, payload = load_run(run_dir)
     cfg = r.cfg
+    if split is not None:
+        _check_test_split(r.suite, split, task_file)
     given = read_task_file(r.suite, task_file) if task_file else {}
     if task_file and "test" not in given:
         raise C.ConfigError(f"task-file: {task_file} has no 'test' tasks; accepted a list of tasks "
@@ -446,13 +477,15 @@ def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None
     tasks = run.tasks(task_seq)
     if given:
         tasks["test"] = given["test"]
+    elif split is not None:
+        tasks["test"] = split_tasks(r.suite, n_tasks or cfg.test_tasks, cfg.seed, split)
     n = n_tasks or len(tasks["test"])
     if n > len(tasks["test"]):
         extra_rng = np.random.default_rng(root.spawn(3)[2])
-        tasks["test"] += r.suite.sample_tasks(n - len(tasks["test"]), extra_rng, "test")
+        tasks["test"] += r.suite.sample_tasks(n - len(tasks["test"]), extra_rng, cfg.test_split)
     algo = r.algo_cls(cfg, r.suite, tasks, algo_seq)
     algo.load_state_dict(payload["algo"])
-    out = run_dir / "test"
+    out = run_dir / ("test" if split is None else f"test-{split}")
     out.mkdir(exist_ok=True)
     metrics_path = out / "metrics.csv"
     if metrics_path.exists():
@@ -463,8 +496,32 @@ def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None
         for row in algo.meta_test(tasks["test"][:n], steps):
             row["iteration"] = payload["next_iteration"]
             metrics.write(row)
+        write_meta_test_tasks(algo, out)
         video = report_video(algo, tasks["test"][0], steps, out)
     finally:
         metrics.close()
         algo.close()
-    return write_report(run_dir, f"meta-test of {run_dir}", metrics=metrics_path, out=out, video=video)
+    if given:
+        source = f"the tasks of {task_file}"
+    elif split is not None:
+        source = f"{n} fresh tasks of the {split!r} split"
+    else:
+        source = f"the run's {n} test tasks (tasks.json; test_split {cfg.test_split!r})"
+    return write_report(run_dir, f"meta-test of {run_dir} on {source}", metrics=metrics_path, out=out,
+                        video=video)
+
+
+def _check_test_split(suite: Suite, split: str, task_file: str | Path | None) -> None:
+    if split not in TEST_SPLITS:
+        raise C.ConfigError(f"--split: got {split!r}; accepted {', '.join(TEST_SPLITS)}")
+    if split not in suite.splits:
+        raise C.ConfigError(split_refusal(suite, split, "--split"))
+    if task_file:
+        raise C.ConfigError("--split: the task file gives the test tasks; pass --split or --task-file")
+
+
+def split_tasks(suite: Suite, n: int, seed: int, split: str) -> list[Task]:
+    """`n` fresh tasks of `split` for `safemeta test --split`: a random stream of their own
+    (the run's seed and the split), apart from every draw of the run's tasks.json."""
+    rng = np.random.default_rng([seed, 1 + SPLITS.index(split)])
+    return suite.sample_tasks(n, rng, split)

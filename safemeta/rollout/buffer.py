@@ -78,6 +78,7 @@ class Rollout:
     ep_length: list[np.ndarray]  # per task (N,)
     extras: dict = field(default_factory=dict)
     advantages: list | None = None  # per task `rollout.advantages.Advantages`, filled once by the learner
+    critics: list | None = None  # per task, the critics those advantages came from
 
     @property
     def done(self) -> np.ndarray:
@@ -136,6 +137,37 @@ def concat(rolls: list[Rollout]) -> Rollout:
         ep_return=[x for r in rolls for x in r.ep_return], ep_cost=[x for r in rolls for x in r.ep_cost],
         ep_disc_cost=[x for r in rolls for x in r.ep_disc_cost],
         ep_length=[x for r in rolls for x in r.ep_length], extras=extras,
+    )
+
+
+def episode_index(roll: Rollout) -> list[np.ndarray]:
+    """Per task, the episode (0, 1, ...) of each of its transitions, in the order of `ep_cost`."""
+    out = []
+    for s in roll.slices:
+        done = roll.done[s]
+        out.append(np.concatenate([[0], np.cumsum(done[:-1])]).astype(np.int64) if len(done) else
+                   np.zeros(0, np.int64))
+    return out
+
+
+def select_episodes(roll: Rollout, keep: list[np.ndarray]) -> Rollout:
+    """The rollout of the same tasks with only the episodes `keep[i]` (indices into task i's
+    episodes, increasing) of each task: whole episodes, transitions and statistics."""
+    mask = np.zeros(len(roll.obs), bool)
+    for s, ep, k in zip(roll.slices, episode_index(roll), keep):
+        mask[s] = np.isin(ep, k)
+    trunc_kept = mask[roll.truncated]  # the final observations follow the truncated steps in order
+    counts = [int(mask[s].sum()) for s in roll.slices]
+    offsets = np.cumsum([0] + counts)
+    return Rollout(
+        obs=roll.obs[mask], act=roll.act[mask], logp=roll.logp[mask], reward=roll.reward[mask],
+        cost=roll.cost[mask], t=roll.t[mask], terminated=roll.terminated[mask],
+        truncated=roll.truncated[mask], final_obs=roll.final_obs[trunc_kept],
+        slices=[slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])],
+        ep_return=[x[k] for x, k in zip(roll.ep_return, keep)],
+        ep_cost=[x[k] for x, k in zip(roll.ep_cost, keep)],
+        ep_disc_cost=[x[k] for x, k in zip(roll.ep_disc_cost, keep)],
+        ep_length=[x[k] for x, k in zip(roll.ep_length, keep)],
     )
 
 

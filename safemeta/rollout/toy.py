@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from safemeta.envs.base import ParamRange, Suite, Task
+from safemeta.envs.base import SPLITS, ParamRange, Suite, Task
 
 
 @dataclass(frozen=True)
@@ -50,23 +50,26 @@ class PointMassEnv(gym.Env):
 
 
 class PointMassSuite(Suite):
-    """Goals g ~ U[0.2, 1] (train) or U[0.5, 1] (test); energy cost Σ a² ≤ cost_limit."""
+    """Goals g ~ U[0.2, 1] (train and test) or U[1, 1.5] (ood: farther than any training
+    goal, so reaching it costs more energy); energy cost Σ a² ≤ cost_limit."""
 
     id = "toy-point"
     description = "1-D point mass reaching a goal with an energy budget (tests)"
     task_type = GoalTask
+    splits = SPLITS
+    GOALS = {"train": (0.2, 1.0), "test": (0.2, 1.0), "ood": (1.0, 1.5)}
 
     def __init__(self, horizon: int = 10, cost_limit: float = 1.0, terminate_at: float | None = None) -> None:
         self.horizon, self.cost_limit, self.terminate_at = horizon, cost_limit, terminate_at
 
     def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Task]:
         self.check_split(split)
-        low = 0.2 if split == "train" else 0.5
-        return [GoalTask(float(g)) for g in rng.uniform(low, 1.0, n)]
+        return [GoalTask(float(g)) for g in rng.uniform(*self.GOALS[split], n)]
 
     def make(self, task: Task, **kwargs: Any) -> gym.Env:
         assert isinstance(task, GoalTask)
         return PointMassEnv(task, self.horizon, self.terminate_at)
 
     def param_ranges(self, split: str) -> list[ParamRange]:
-        return [ParamRange("goal", 0.2 if split == "train" else 0.5, 1.0, "goal position")]
+        self.check_split(split)
+        return [ParamRange("goal", *self.GOALS[split], "goal position")]

@@ -4,6 +4,11 @@ Each task has an exact `CMDP` (`suite.cmdp(task)`) for the exact algorithms, and
 gymnasium env (`suite.make(task)`) that samples the same CMDP, cost in info["cost"].
 Costs are discounted returns here (`cost_type = "discounted"`): the quantity the
 exact adaptation constrains.
+
+Splits: `test` draws afresh from `train`'s distribution. `ood` shifts it: larger
+perturbations of the base CMDP (`tabular-random`, noise in [0.3, 0.5] instead of
+[0, 0.3], on seeds no other split draws), goals in a row no training task has
+(`tabular-grid`, the row next to the hazard band).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from safemeta.envs.base import ParamRange, Suite, Task
+from safemeta.envs.base import SPLITS, ParamRange, Suite, Task
 from safemeta.tabular.cmdp import CMDP, evaluate
 
 
@@ -49,6 +54,7 @@ class TabularEnv(gym.Env):
 
 class TabularSuite(Suite):
     family = "tabular"
+    splits = SPLITS
     cost_type = "discounted"
     gamma: float
     horizon = 200
@@ -83,8 +89,9 @@ class RandomCMDPSuite(TabularSuite):
     description = "random CMDPs (8 states, 3 actions) perturbed per task; exact evaluation"
     task_type = RandomTask
     cost_doc = "random per-step cost correlated with reward, rescaled per task"
-    NOISE = {"train": (0.0, 0.3), "test": (0.1, 0.3)}
-    SEEDS = {"train": (0, 1_000_000), "test": (1_000_000, 2_000_000)}
+    # test = train's distribution; ood: larger perturbations (module docstring).
+    NOISE = {"train": (0.0, 0.3), "test": (0.0, 0.3), "ood": (0.3, 0.5)}
+    SEEDS = {"train": (0, 1_000_000), "test": (0, 1_000_000), "ood": (1_000_000, 2_000_000)}
 
     def __init__(
         self, n_states: int = 8, n_actions: int = 3, n_costs: int = 1, gamma: float = 0.9,
@@ -156,7 +163,8 @@ class GridSuite(TabularSuite):
 
     Reward 1 per step on the task's goal cell; cost 1 per step on a hazard cell. The
     short way to the goal crosses the hazards, so a reward-only policy exceeds the limit.
-    Train goals lie in the top row, test goals in the top two rows (x >= 1).
+    Train and test goals lie in the top row; ood goals in the row below it (x >= 1), next
+    to the hazard band, where no training goal lies.
     """
 
     id = "tabular-grid"
@@ -166,10 +174,11 @@ class GridSuite(TabularSuite):
     SIZE = 5
     HAZARDS = frozenset({(0, 2), (1, 2), (2, 2), (3, 2)})
     MOVES = ((0, 1), (0, -1), (1, 0), (-1, 0))  # up, down, right, left
-    SLIP = {"train": (0.0, 0.1), "test": (0.0, 0.1)}
+    SLIP = {"train": (0.0, 0.1), "test": (0.0, 0.1), "ood": (0.0, 0.1)}
     GOALS = {
         "train": [(x, 4) for x in range(5)],
-        "test": [(x, y) for y in (3, 4) for x in range(1, 5)],
+        "test": [(x, 4) for x in range(5)],
+        "ood": [(x, 3) for x in range(1, 5)],
     }
 
     def __init__(self, gamma: float = 0.9, cost_limit: float = 0.3) -> None:

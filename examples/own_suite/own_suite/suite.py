@@ -1,4 +1,4 @@
-"""ReachHazardSuite: the task distribution, train and test splits, and the env of a task."""
+"""ReachHazardSuite: the task distribution, its splits, and the env of a task."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from own_suite.env import HORIZON, ReachHazardEnv
 from own_suite.task import ReachTask
 from safemeta.envs.base import ParamRange, Suite, Task
 
-# Goal direction (radians) per split: training tasks point up, held-out test tasks down.
-ANGLE = {"train": (0.0, math.pi), "test": (math.pi, 2.0 * math.pi)}
+# Goal direction (radians) per split: training and held-out test tasks point up (test tasks
+# are fresh draws of the training distribution), out-of-distribution tasks point down.
+ANGLE = {"train": (0.0, math.pi), "test": (0.0, math.pi), "ood": (math.pi, 2.0 * math.pi)}
 DISTANCE = (0.8, 1.2)  # goal distance from the origin
 RADIUS = (0.1, 0.25)  # hazard radius; the hazard sits halfway to the goal, across the straight path
 
@@ -29,6 +30,8 @@ class ReachHazardSuite(Suite):
     cost_limit = 2.0
     cost_type = "undiscounted"
     cost_doc = "1 per step inside the hazard disc; limit 2 per 50 steps"
+    # the splits sample_tasks takes (without this line: train and test; ood is then refused)
+    splits = ("train", "test", "ood")
 
     def sample_tasks(self, n: int, rng: np.random.Generator, split: str = "train") -> list[Task]:
         self.check_split(split)

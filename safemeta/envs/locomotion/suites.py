@@ -1,9 +1,15 @@
 """The four locomotion task suites (SPEC §4.1, §7 ids).
 
-Splits: the test split draws from the same range as the train split (the MAML /
-ProMP / Meta-CPO locomotion protocol: meta-test tasks are fresh draws of P(Γ),
-held out by sampling, not by range). Ranges are per split in `param_ranges`, so a
-shifted test range is a one-line change.
+Splits: `test` draws from the same range as `train` (the MAML / ProMP / Meta-CPO
+locomotion protocol: meta-test tasks are fresh draws of P(Γ), held out by sampling,
+not by range). `ood` extrapolates: the range just above train's upper end, a quarter
+of its width long, so every ood task asks for more than any training task did:
+
+    suite            train            ood
+    halfcheetah-vel  v* in [0, 2]     v* in [2, 2.5] m/s
+    hopper-vel       v* in [0, 1]     v* in [1, 1.25] m/s
+    swimmer-vel      v* in [0, 1]     v* in [1, 1.25] m/s
+    humanoid-dir     θ in [0, 0.9]    θ in [0.9, 1.125] rad
 
 Default cost limits d (undiscounted episode cost over the horizon; they scale with
 the horizon and are quoted per 200 steps) bind: a policy trained for reward alone
@@ -19,7 +25,7 @@ PPO on reward only, 1M env steps, 10 test tasks; energy = Σ‖a‖² per episod
 (Random Hopper/Humanoid fall within tens of steps, hence their small totals.)
 Velocity cost: d = 25 steps over the threshold per 200 steps. It binds where
 the task asks for speeds above the threshold: Hopper v* > 0.74 and Swimmer
-v* > 0.23; it cannot bind for HalfCheetah-Vel (v* <= 2 < 3.2096).
+v* > 0.23 (every ood task of both); it cannot bind for HalfCheetah-Vel (v* <= 2.5 < 3.2096).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from safemeta.envs.base import ParamRange, Suite, Task
+from safemeta.envs.base import SPLITS, ParamRange, Suite, Task
 from safemeta.envs.locomotion.envs import (
     HalfCheetahVelEnv,
     HopperVelEnv,
@@ -47,11 +53,12 @@ class LocomotionSuite(Suite):
     """A one-parameter locomotion task distribution (uniform per split)."""
 
     family: ClassVar[str] = "continuous"
+    splits = SPLITS
     env_class: ClassVar[type[TaskEnvMixin]]
     param: ClassVar[str]  # the task field
     param_doc: ClassVar[str]
-    train_range: ClassVar[tuple[float, float]]  # (low, high) of the uniform distribution
-    test_range: ClassVar[tuple[float, float]]
+    train_range: ClassVar[tuple[float, float]]  # (low, high) of the uniform distribution; test too
+    ood_range: ClassVar[tuple[float, float]]  # beyond train's upper end (module docstring)
     # Default limits per PAPER_HORIZON steps, per cost kind (see module docstring).
     energy_limit: ClassVar[float]
     velocity_limit: ClassVar[float]
@@ -99,12 +106,16 @@ class LocomotionSuite(Suite):
 
     def split_range(self, split: str) -> tuple[float, float]:
         self.check_split(split)
-        return self.train_range if split == "train" else self.test_range
+        return self.ood_range if split == "ood" else self.train_range
 
     def param_ranges(self, split: str) -> list[ParamRange]:
-        self.check_split(split)
+        """The uniform range of the task parameter: train's for `train` and `test`, the
+        extrapolated one for `ood` (module docstring)."""
         low, high = self.split_range(split)
-        return [ParamRange(self.param, low, high, self.param_doc)]
+        doc = self.param_doc
+        if split == "ood":
+            doc += f"; beyond the training range [{self.train_range[0]:g}, {self.train_range[1]:g}]"
+        return [ParamRange(self.param, low, high, doc)]
 
 
 class HalfCheetahVelSuite(LocomotionSuite):
@@ -115,7 +126,7 @@ class HalfCheetahVelSuite(LocomotionSuite):
     param = "target_velocity"
     param_doc = "target forward velocity v* (m/s), uniform"
     train_range = (0.0, 2.0)
-    test_range = (0.0, 2.0)
+    ood_range = (2.0, 2.5)
     energy_limit = 200.0
     velocity_limit = 25.0
 
@@ -131,7 +142,7 @@ class HopperVelSuite(LocomotionSuite):
     param = "target_velocity"
     param_doc = "target forward velocity v* (m/s), uniform"
     train_range = (0.0, 1.0)
-    test_range = (0.0, 1.0)
+    ood_range = (1.0, 1.25)
     energy_limit = 80.0
     velocity_limit = 25.0
 
@@ -144,7 +155,7 @@ class SwimmerVelSuite(LocomotionSuite):
     param = "target_velocity"
     param_doc = "target forward velocity v* (m/s), uniform"
     train_range = (0.0, 1.0)
-    test_range = (0.0, 1.0)
+    ood_range = (1.0, 1.25)
     energy_limit = 100.0
     velocity_limit = 25.0
 
@@ -160,6 +171,6 @@ class HumanoidDirSuite(LocomotionSuite):
     param = "direction"
     param_doc = "running direction theta (rad from +x), uniform"
     train_range = (0.0, 0.9)
-    test_range = (0.0, 0.9)
+    ood_range = (0.9, 1.125)
     energy_limit = 100.0
     velocity_limit = 25.0

@@ -17,6 +17,7 @@ gremlin spawn points, placed with Safety-Gymnasium's keepouts and placement area
 (each object within [−extent + keepout, extent − keepout]², two objects at least the
 sum of their keepouts apart), so Safety-Gymnasium's level-1 (extent 1.5, 4 hazards,
 4 gremlins) and level-2 (extent 1.8, 8 hazards, 6 gremlins) layouts are valid tasks.
+Splits (`RANGES`): `train` and `test` resemble level 1, `ood` (larger, denser) level 2.
 Each reset draws the agent's start (within [−extent + 0.4, extent − 0.4]², 0.4 + the
 object's keepout from every object), its heading, the gremlins' yaws and the goal.
 Observation (Safety-Gymnasium 1.0 order): 12 sensors, then 16-bin lidars `buttons`
@@ -32,7 +33,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from safemeta.envs.base import ParamRange, Suite, Task
+from safemeta.envs.base import SPLITS, ParamRange, Suite, Task
 from safemeta.envs.navigation import gremlins as grem
 from safemeta.envs.navigation import lidar
 from safemeta.envs.navigation.engine import NavEnv, check_no_kwargs
@@ -53,11 +54,14 @@ RESAMPLING_DELAY = 10
 KEEPOUT = {"agent": 0.4, "buttons": 0.2, "goal": 0.4, "hazards": 0.18, "gremlins": 0.4}
 _ROLE_AGENT, _ROLE_BUTTON, _ROLE_GREMLIN = 1, 2, 3
 
-# Train resembles level 1 (extent 1.5, 4 hazards, 4 gremlins: its densest corner), test
-# resembles level 2 (extent 1.8, 8 hazards, 6 gremlins: its densest corner); README.
+# Train (and test: fresh draws of the same distribution) resembles level 1 (extent 1.5,
+# 4 hazards, 4 gremlins: its densest corner); ood resembles level 2 (extent 1.8, 8 hazards,
+# 6 gremlins: its densest corner; what `test` was before there was an `ood` split); README.
+_TRAIN = {"extent": (1.5, 1.7), "num_hazards": (2, 4), "num_gremlins": (2, 4)}
 RANGES: dict[str, dict[str, tuple[float, float]]] = {
-    "train": {"extent": (1.5, 1.7), "num_hazards": (2, 4), "num_gremlins": (2, 4)},
-    "test": {"extent": (1.8, 2.1), "num_hazards": (6, 8), "num_gremlins": (4, 6)},
+    "train": _TRAIN,
+    "test": _TRAIN,
+    "ood": {"extent": (1.8, 2.1), "num_hazards": (6, 8), "num_gremlins": (4, 6)},
 }
 
 Points = tuple[tuple[float, float], ...]
@@ -367,7 +371,7 @@ class PointButtonSuite(Suite):
     id = "point-button"
     description = ("Point robot presses the goal button among four; wrong buttons, hazards "
                    "and orbiting gremlins cost (Safety-Gymnasium Button mechanics and layout "
-                   "rules; train resembles SafetyPointButton1, test SafetyPointButton2).")
+                   "rules; train and test resemble SafetyPointButton1, ood SafetyPointButton2).")
     task_type = ButtonTask
     family = "continuous"
     horizon = HORIZON
@@ -378,10 +382,11 @@ class PointButtonSuite(Suite):
     cost_doc = ("1 per step touching a wrong button (outside the pause), inside a hazard or "
                 "touching a gremlin (0/1 indicator); limit 25 per 1000 steps")
     robot: Robot = POINT
+    splits = SPLITS
 
     def sample_tasks(self, n: int, rng: np.random.Generator,
                      split: str = "train") -> list[Task]:
-        Suite.check_split(split)
+        self.check_split(split)
         r = RANGES[split]
         tasks: list[Task] = []
         for _ in range(n):
@@ -398,7 +403,7 @@ class PointButtonSuite(Suite):
         return ButtonEnv(self.robot, task, render_mode=render_mode)
 
     def param_ranges(self, split: str) -> list[ParamRange]:
-        Suite.check_split(split)
+        self.check_split(split)
         r = RANGES[split]
         return [ParamRange("extent", *r["extent"], doc="arena half-width"),
                 ParamRange("num_hazards", *r["num_hazards"], doc="hazards (radius 0.2)"),

@@ -12,6 +12,10 @@ then (Car-Circle) the 16-bin hazards lidar, also max_dist 6 (Safety-Gymnasium ha
 lidar setting per task): Point-Circle 12 + 16 = 28, Car-Circle with hazards (the
 paper's task, `car-circle`) 24 + 16 + 16 = 56, Car-Circle without hazards
 (`car-circle-nohazards`, Safety-Gymnasium's SafetyCarCircle1) 24 + 16 = 40.
+
+Splits (`RANGES`): `train` and `test` draw R ∈ [1, 1.5], wall/R ∈ [0.55, 0.75], 2–3
+hazards; `ood` draws larger circles, R ∈ [2, 2.5], with walls at [0.55, 0.65]·R and 3–5
+hazards: outside the training distribution, harder.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from safemeta.envs.base import ParamRange, Suite, Task
+from safemeta.envs.base import SPLITS, ParamRange, Suite, Task
 from safemeta.envs.navigation import lidar
 from safemeta.envs.navigation.engine import NavEnv, check_no_kwargs
 from safemeta.envs.navigation.robots import CAR, POINT, Robot, build_xml
@@ -35,10 +39,14 @@ MAX_HAZARDS = 6
 MAX_RADIUS = 4.0  # the lidar toward the centre (max_dist 6) still sees the whole track
 AGENT_KEEPOUT = 0.25  # start at least this far from a hazard's edge
 
-# Task distributions (SPEC §4.2): radius R, wall = R · wall_factor.
+# Task distributions (SPEC §4.2): radius R, wall = R · wall_factor. `test` draws afresh
+# from the training distribution; `ood` has larger circles, relatively closer walls and
+# more hazards (what `test` was before there was an `ood` split).
+_TRAIN = {"radius": (1.0, 1.5), "wall_factor": (0.55, 0.75), "num_hazards": (2, 3)}
 RANGES: dict[str, dict[str, tuple[float, float]]] = {
-    "train": {"radius": (1.0, 1.5), "wall_factor": (0.55, 0.75), "num_hazards": (2, 3)},
-    "test": {"radius": (2.0, 2.5), "wall_factor": (0.55, 0.65), "num_hazards": (3, 5)},
+    "train": _TRAIN,
+    "test": _TRAIN,
+    "ood": {"radius": (2.0, 2.5), "wall_factor": (0.55, 0.65), "num_hazards": (3, 5)},
 }
 
 
@@ -203,10 +211,11 @@ class PointCircleSuite(Suite):
     cost_doc = "1 per step while |x| > wall (0/1 indicator); limit 25 per 500 steps"
     robot: Robot = POINT
     with_hazards = False
+    splits = SPLITS
 
     def sample_tasks(self, n: int, rng: np.random.Generator,
                      split: str = "train") -> list[Task]:
-        Suite.check_split(split)
+        self.check_split(split)
         r = RANGES[split]
         tasks: list[Task] = []
         for _ in range(n):
@@ -226,7 +235,7 @@ class PointCircleSuite(Suite):
         return CircleEnv(self.robot, task, self.with_hazards, render_mode=render_mode)
 
     def param_ranges(self, split: str) -> list[ParamRange]:
-        Suite.check_split(split)
+        self.check_split(split)
         r = RANGES[split]
         return [ParamRange("radius", *r["radius"], doc="circle radius R"),
                 ParamRange("wall_factor", *r["wall_factor"], doc="wall = R · wall_factor")]
@@ -257,9 +266,9 @@ class CarCircleSuite(PointCircleSuite):
         return CarCircleTask(radius=radius, wall=wall, hazards=sample_hazards(rng, radius, n))
 
     def param_ranges(self, split: str) -> list[ParamRange]:
+        circle = super().param_ranges(split)
         lo, hi = RANGES[split]["num_hazards"]
-        return [*super().param_ranges(split),
-                ParamRange("num_hazards", lo, hi, doc="hazards at R·U[0.85, 1.15]")]
+        return [*circle, ParamRange("num_hazards", lo, hi, doc="hazards at R·U[0.85, 1.15]")]
 
 
 class CarCircleNoHazardsSuite(PointCircleSuite):

@@ -1,0 +1,152 @@
+"""How often does an accepted adaptation step from a feasible π_k give a truly unsafe
+policy? Today's verification (`safety_test=off`) against the held-out safety test
+(`safety_test=t`, α = 0.05), side by side on the same data (issue 10).
+
+For each trained run (its latest checkpoint), on fresh in-distribution tasks, per round
+of `meta_batch` tasks: collect π_φ's episodes (the run's data budget), take one
+adaptation step with each method from that same sample, then estimate the *true* cost
+and reward of π_φ and of every adapted policy from a large fresh evaluation
+(`--true-episodes`, default 200 per policy and task), so that a miss is a truly unsafe
+policy, not the noise of a 10-episode look.
+
+    miss rate   = P(true cost of the adapted policy > d | π_φ truly feasible, step accepted)
+                  (95% Wilson interval)
+    reward gain = mean over tasks of true reward(adapted) − true reward(π_φ) (a kept π_φ
+                  gains 0), and its ratio to the verification's
+    time        = wall time of one adaptation step per task
+
+    python benchmarks/safety_test.py RUN_DIR [RUN_DIR ...] [--tasks 200] [--true-episodes 200]
+                                     [--out results/safety_test.json] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+METHODS = {"verification (off)": {"safety_test": "off"}, "safety test (t, α=0.05)": {"safety_test": "t"}}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    den = 1 + z**2 / n
+    mid = (p + z**2 / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], test_sets: list[str]) -> dict:
+    from safemeta import config as C
+    from safemeta.experiment.runner import Run, load_run
+    from safemeta.meta_learner import Phase
+
+    r, payload = load_run(run_dir)
+    base_cfg = C.to_dict(r.cfg)
+    algos = {}
+    for name, over in METHODS.items():
+        own = C.parse_overrides(test_sets) if over["safety_test"] != "off" else {}
+        cfg = C.build(type(r.cfg), base_cfg, over, C.parse_overrides(sets), own)
+        root = np.random.SeedSequence(cfg.seed)
+        task_seq, algo_seq = root.spawn(2)
+        algo = r.algo_cls(cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
+        algo.load_state_dict(payload["algo"])
+        algo.rng = np.random.default_rng(2026)  # the same learner draws for both methods
+        algos[name] = algo
+    first = next(iter(algos.values()))
+    limit = first.cost_limit + first.relaxation()
+    rng = np.random.default_rng(777)
+    batch = r.cfg.meta_batch
+    out = {name: dict(feasible=0, accepted=0, missed=0, kept=0, gains=[], times=[]) for name in algos}
+    t0, done, rnd = time.perf_counter(), 0, 0
+    while done < n_tasks:
+        tasks = r.suite.sample_tasks(min(batch, n_tasks - done), rng, "train")
+        base = first.meta_policies(len(tasks))
+        ev0 = first.collect(tasks, base, Phase.TEST_EVAL, 60_000 + rnd, episodes=true_episodes)
+        cost0, rew0 = ev0.cost_return(first.cost_type), ev0.reward_return()
+        feasible = np.all(cost0 <= limit, axis=1)
+        for m, (name, algo) in enumerate(algos.items()):
+            data = first.collect(tasks, base, Phase.PRE, 50_000 + rnd)  # the same sample, fresh cache
+            ts = time.perf_counter()
+            adapted = algo.adapt(data, base)
+            out[name]["times"].append((time.perf_counter() - ts) / len(tasks))
+            moved = [i for i, a in enumerate(adapted) if a.policy is not base[i].policy]
+            cost, rew = cost0.copy(), rew0.copy()
+            if moved:
+                ev = first.collect([tasks[i] for i in moved], [adapted[i] for i in moved], Phase.TEST_EVAL,
+                                   70_000 + 1000 * m + rnd, episodes=true_episodes)
+                cost[moved], rew[moved] = ev.cost_return(first.cost_type), ev.reward_return()
+            acc = np.zeros(len(tasks), bool)
+            acc[moved] = True
+            o = out[name]
+            o["feasible"] += int(feasible.sum())
+            o["accepted"] += int((feasible & acc).sum())
+            o["missed"] += int((feasible & acc & np.any(cost > limit, axis=1)).sum())
+            o["kept"] += int((~acc).sum())
+            o["gains"] += (rew - rew0).tolist()
+        done += len(tasks)
+        rnd += 1
+        print(f"{run_dir}: {done}/{n_tasks} tasks, {time.perf_counter() - t0:.0f} s", flush=True)
+    res = {"run": str(run_dir), "env": r.spec.env, "test_sets": test_sets, "limit": float(limit[0]),
+           "tasks": n_tasks, "true_episodes": true_episodes, "episodes_per_task": r.cfg.episodes_per_task,
+           "methods": {}}
+    ref_gain = None
+    for name, o in out.items():
+        lo, hi = wilson(o["missed"], o["accepted"])
+        gain = float(np.mean(o["gains"]))
+        ref_gain = gain if ref_gain is None else ref_gain
+        res["methods"][name] = {
+            "feasible": o["feasible"], "accepted": o["accepted"], "missed": o["missed"], "kept": o["kept"],
+            "miss_rate": o["missed"] / max(o["accepted"], 1), "miss_ci": [lo, hi],
+            "reward_gain": gain, "gain_vs_verification": gain / ref_gain if ref_gain else float("nan"),
+            "s_per_step": float(np.mean(o["times"])),
+        }
+    return res
+
+
+def label(name: str, res: dict) -> str:
+    changed = res["test_sets"] if "test" in name else []
+    return " ".join([name, *changed])
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| suite | method | π_φ feasible | accepted | missed | miss rate (95% CI) | kept | "
+             "reward gain / step | × verification | s / step |", "|" + "---|" * 10]
+    for res in results:
+        for name, m in res["methods"].items():
+            lines.append(
+                f"| {res['env']} | {label(name, res)} | {m['feasible']} | {m['accepted']} | {m['missed']} | "
+                f"{m['miss_rate']:.3f} ({m['miss_ci'][0]:.3f}-{m['miss_ci'][1]:.3f}) | {m['kept']} | "
+                f"{m['reward_gain']:.2f} | {m['gain_vs_verification']:.2f} | {m['s_per_step']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", type=Path, nargs="+")
+    ap.add_argument("--tasks", type=int, default=200, help="task-steps per run (fresh training tasks)")
+    ap.add_argument("--true-episodes", type=int, default=200, help="episodes of each true-cost evaluation")
+    ap.add_argument("--out", type=Path, default=None, help="JSON of the results")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config field of both methods")
+    ap.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config field of the safety-test method only (e.g. lam_c_scale=1)")
+    args = ap.parse_args()
+    results = []
+    for run in args.run_dirs:
+        results.append(measure(run, args.tasks, args.true_episodes, args.sets, args.test_sets))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
+    print()
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""The held-out safety test (core/safety_test.py): its bound against hand computations,
+its error rate on a bandit whose true costs are known exactly, the split of episodes,
+and that a rejected candidate never acts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from bandit import config, params
+
+from safemeta.core import safety_test as st
+from safemeta.core.safety_test import EpisodeSample, split_episodes, upper_bound
+from safemeta.nn.policy import GaussianPolicy
+from safemeta.rollout.advantages import Advantages
+from safemeta.rollout.buffer import Rollout, episode_index
+
+H = 10  # steps per bandit episode; cost a² per step, so J_c(N(μ, σ²)) = H (μ² + σ²) exactly
+SIGMA = 0.3
+
+
+# ---- the bound -------------------------------------------------------------------------------
+def test_bound_equals_a_hand_computation() -> None:
+    x = np.array([[1.0], [2.0], [4.0], [5.0]])  # mean 3, s² = 10/3
+    # Student t: 3 + t_{0.95, 3} · s/√4, t_{0.95,3} = 2.353363 (tables); no skew, no correction
+    assert upper_bound(x, 0.05, "t")[0] == pytest.approx(3 + 2.353363 * np.sqrt(10 / 3) / 2, rel=1e-6)
+    # right-skewed [0, 0, 0, 4]: mean 1, s = 2, skewness ĝ = mean((x − 1)³)/s³ = (3·(−1) + 27)/4/8 = 0.75;
+    # 1 + (2/2)(t + 0.75 (2t² + 1)/(6·2))
+    t = 2.353363
+    hand = 1 + (t + 0.75 * (2 * t**2 + 1) / 12)
+    assert upper_bound(np.array([[0.0], [0], [0], [4]]), 0.05, "t")[0] == pytest.approx(hand, rel=1e-6)
+    # empirical Bernstein on [0, 10]: 3 + √(2 s² ln 40 / 4) + 7·10·ln 40 / (3·3)
+    ln40 = np.log(40.0)
+    hand = 3 + np.sqrt(2 * (10 / 3) * ln40 / 4) + 70 * ln40 / 9
+    assert upper_bound(x, 0.05, "bernstein", 10.0)[0] == pytest.approx(hand, rel=1e-12)
+    # clipping to the declared range, per constraint; fewer than 2 values state nothing
+    two = np.array([[12.0, 1.0], [-2.0, 1.0]])
+    assert upper_bound(two, 0.05, "bernstein", 10.0)[1] == pytest.approx(1 + 70 * ln40 / 3, rel=1e-12)
+    assert upper_bound(two, 0.05, "bernstein", 10.0)[0] == pytest.approx(
+        5 + np.sqrt(2 * 50 * ln40 / 2) + 70 * ln40 / 3, rel=1e-12)
+    assert np.isinf(upper_bound(x[:1], 0.05, "t")).all()
+
+
+def test_episode_surrogates_by_hand() -> None:
+    """X_j = C_j + κ Σ_{t∈j} (ρ_t − 1) A_c / L̄ + λ_c Σ_{t∈j} KL_t / L̄ on 2 episodes of 2 steps."""
+    ref, pol = _constant_policy(0.0), _constant_policy(0.2)
+    obs = torch.zeros(4, 1)
+    act = torch.tensor([[0.1], [-0.2], [0.4], [0.0]])
+    with torch.no_grad():
+        logp_k = ref.log_prob(obs, act)
+    cost_adv = np.array([[1.0], [-1.0], [2.0], [-2.0]])
+    part = EpisodeSample(obs, act, logp_k, Advantages(np.zeros(4), cost_adv, np.array([3.0]), 2.0),
+                         np.array([0, 0, 1, 1]), np.array([[2.0], [4.0]]))
+    x, kl = st.episode_surrogates(pol, ref, part, np.array([5.0]))
+    a = act[:, 0].numpy().astype(np.float64)
+    rho = np.exp((-(a - 0.2) ** 2 + a**2) / (2 * SIGMA**2))
+    kl_step = 0.2**2 / (2 * SIGMA**2)  # KL of two Gaussians with one σ, means 0.2 apart
+    change = np.array([(rho[0] - 1) * 1 - (rho[1] - 1), 2 * (rho[2] - 1) - 2 * (rho[3] - 1)])
+    hand = np.array([2.0, 4.0]) + 2.0 * change / 2 + 5.0 * 2 * kl_step / 2
+    assert x[:, 0] == pytest.approx(hand, rel=1e-5)
+    assert kl == pytest.approx(kl_step, rel=1e-5)
+    # at π = π_k every X_j is π_k's own episode cost (the control variate)
+    assert st.episode_surrogates(ref, ref, part, np.array([5.0]))[0][:, 0] == pytest.approx([2.0, 4.0])
+
+
+# ---- the error rate on a bandit with known costs -------------------------------------------------
+def _constant_policy(mean: float) -> GaussianPolicy:
+    """N(mean, SIGMA²) whatever the observation (no hidden layer, zero weights)."""
+    pol = GaussianPolicy(1, 1, [], init_log_std=np.log(SIGMA))
+    flat = pol.flat_params().clone()
+    flat.zero_()
+    pol.set_flat_params(flat)
+    with torch.no_grad():
+        pol.log_std.fill_(float(np.log(SIGMA)))
+        for p in pol.mean_net.parameters():
+            if p.ndim == 1:
+                p.fill_(mean)
+    return pol
+
+
+def _held_out(policy_k: GaussianPolicy, m: int, rng: np.random.Generator) -> EpisodeSample:
+    """m fresh bandit episodes of π_k, with the per-step cost as its own (centred) advantage
+    (a critic predicting 0 and GAE λ = 0)."""
+    obs = torch.zeros(m * H, 1)
+    with torch.no_grad():
+        mean, log_std = policy_k(obs[:1])
+    act = torch.as_tensor(mean.item() + np.exp(log_std.item()) * rng.standard_normal((m * H, 1)),
+                          dtype=torch.float32)
+    with torch.no_grad():
+        logp_k = policy_k.log_prob(obs, act)
+    cost = act.numpy().astype(np.float64) ** 2
+    ep_cost = cost.reshape(m, H).sum(1, keepdims=True)
+    adv = Advantages(np.zeros(m * H), cost - cost.mean(0), ep_cost.mean(0), float(H))
+    return EpisodeSample(obs, act, logp_k, adv, np.repeat(np.arange(m), H), ep_cost)
+
+
+def _true_cost(pol: GaussianPolicy) -> float:
+    with torch.no_grad():
+        mean, log_std = pol(torch.zeros(1, 1))
+    return H * (mean.item() ** 2 + np.exp(2 * log_std.item()))
+
+
+def _accept_rates(mean_k: float, mean_c: float, limit: float, seeds: int, m: int = 20,
+                  **over: object) -> tuple[float, float, float]:
+    """Over `seeds` fresh held-out samples: the rate of accepting a policy whose true cost
+    exceeds the limit (or, recovering, exceeds π_k's own), of accepting the full step, of
+    keeping π_k."""
+    cfg = config(lam_c=0.0, **over)
+    par = params(cfg, [limit])
+    pk, cand = _constant_policy(mean_k), _constant_policy(mean_c)
+    recovering = np.array([_true_cost(pk) > limit])
+    ceiling = _true_cost(pk) if recovering[0] else limit
+    bad = full = kept = 0
+    for seed in range(seeds):
+        held = _held_out(pk, m, np.random.default_rng(seed))
+        out = st.safety_test(cand, pk, held, st.own_bound(held.ep_cost, cfg), par, cfg, recovering)
+        kept += out.status == st.KEPT
+        full += out.status == st.ACCEPTED
+        bad += out.status != st.KEPT and _true_cost(out.policy) > ceiling
+        assert out.status != st.KEPT or out.policy is pk
+    return bad / seeds, full / seeds, kept / seeds
+
+
+def test_an_unsafe_step_is_accepted_at_rate_at_most_alpha() -> None:
+    """π_k = N(0, 0.3²) (true cost 0.9), the candidate N(0.1, 0.3²) (true cost 1.0, KL 0.056,
+    a large adaptation step) against a limit 0.96, 20 held-out episodes: the full step is
+    unsafe, its halves (0.925, 0.906) are safe."""
+    seeds, alpha = 400, 0.05
+    bad, full, _ = _accept_rates(0.0, 0.1, 0.96, seeds)
+    assert bad <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / seeds)
+    assert full == bad  # only the full step is unsafe here
+    # the same step against a limit 1.7 is clearly safe: accepted in full nearly always
+    bad, full, kept = _accept_rates(0.0, 0.1, 1.7, 100)
+    assert bad == 0 and full >= 0.8 and kept <= 0.02
+
+
+def test_recovery_accepts_a_verified_decrease_only() -> None:
+    """π_k = N(0.5, 0.3²) is over the limit (3.4 > 1.0). A step to N(0.4, 0.3²) (2.5: still
+    over, but lower) is a verified decrease; a step to N(0.6, 0.3²) (4.5) must be refused
+    (and its halves, 3.925 and 3.6, too)."""
+    seeds, alpha = 300, 0.05
+    bad, full, _ = _accept_rates(0.5, 0.4, 1.0, seeds)
+    assert bad == 0 and full >= 0.9
+    bad, _, kept = _accept_rates(0.5, 0.6, 1.0, seeds)
+    assert bad <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / seeds)
+    assert kept >= 1 - alpha - 3 * np.sqrt(alpha * (1 - alpha) / seeds)
+
+
+# ---- the split ---------------------------------------------------------------------------------
+def _marked_rollout() -> Rollout:
+    """Two tasks of uneven episodes, terminated and truncated; every transition's obs and
+    cost carry (task, episode), and so does each truncated step's final observation."""
+    lengths = [[3, 5, 2, 4, 1, 3], [2, 2, 6, 3, 1, 4, 2, 5]]
+    obs, cost, term, trunc, final, t, slices, ep_cost = [], [], [], [], [], [], [], []
+    for task, ls in enumerate(lengths):
+        start = len(obs)
+        for ep, n in enumerate(ls):
+            for k in range(n):
+                obs.append([task, ep])
+                cost.append([100 * task + ep])
+                t.append(k)
+                end = k == n - 1
+                term.append(end and ep % 2 == 0)
+                trunc.append(end and ep % 2 == 1)
+                if end and ep % 2 == 1:
+                    final.append([task, ep])
+        slices.append(slice(start, len(obs)))
+        ep_cost.append(np.array([[(100 * task + ep) * n] for ep, n in enumerate(ls)], float))
+    n = len(obs)
+    return Rollout(
+        obs=np.array(obs, np.float32), act=np.zeros((n, 1), np.float32), logp=np.zeros(n, np.float32),
+        reward=np.zeros(n), cost=np.array(cost, float), t=np.array(t), terminated=np.array(term),
+        truncated=np.array(trunc), final_obs=np.array(final, np.float32), slices=slices,
+        ep_return=[np.arange(len(ls), dtype=float) for ls in lengths], ep_cost=ep_cost,
+        ep_disc_cost=[c.copy() for c in ep_cost], ep_length=[np.array(ls) for ls in lengths],
+    )
+
+
+def test_candidate_and_safety_parts_never_share_an_episode() -> None:
+    roll = _marked_rollout()
+    for seed in range(5):
+        cand, held = split_episodes(roll, 0.4, np.random.default_rng(seed))
+        for i, n_eps in enumerate((6, 8)):
+            marks = [{tuple(o) for o in part.task(i).obs.astype(int)} for part in (cand, held)]
+            assert not marks[0] & marks[1]
+            assert len(marks[0]) + len(marks[1]) == n_eps
+            assert len(marks[1]) == round(0.4 * n_eps)
+            for part in (cand, held):
+                r = part.task(i)
+                eps = sorted(e for _, e in {tuple(o) for o in r.obs.astype(int)})
+                # statistics, episode index and final observations follow their episodes
+                assert r.ep_return[0].tolist() == eps
+                assert r.ep_cost[0][:, 0].tolist() == [(100 * i + e) * roll.ep_length[i][e] for e in eps]
+                assert np.array_equal(r.obs[:, 1].astype(int), np.array(eps)[episode_index(r)[0]])
+                assert np.array_equal(r.final_obs, r.obs[r.truncated])
+                assert (r.cost[:, 0] == 100 * i + r.obs[:, 1]).all()
+
+
+# ---- a rejected candidate never acts -------------------------------------------------------------
+def test_a_rejected_candidate_never_collects_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every policy that collects post-adaptation data is π_φ itself (the very object) or a
+    policy the held-out test passed; kept tasks are counted as kept."""
+    from test_meta import make_algo
+
+    from safemeta.meta_learner import Phase
+
+    passed: list[torch.Tensor] = []
+    refused = []
+    real_test = st.safety_test
+
+    def spy_test(candidate, policy_k, held, own_ub, par, cfg, recovering):  # type: ignore[no-untyped-def]
+        out = real_test(candidate, policy_k, held, own_ub, par, cfg, recovering)
+        if out.status != st.KEPT:
+            passed.append(out.policy.flat_params().detach().cpu().clone())
+        else:
+            assert out.policy is policy_k
+            refused.append(candidate)
+        return out
+
+    monkeypatch.setattr(st, "safety_test", spy_test)
+    algo = make_algo(seed=1, limit=3.0, episodes_per_task=12, safety_inflate=0.0)  # bold candidates
+    collected: list[tuple[Phase, list]] = []
+    real_collect = algo.collect
+
+    def spy_collect(tasks, current, phase, counter, first=0, episodes=None):  # type: ignore[no-untyped-def]
+        collected.append((phase, [c.policy for c in current]))
+        return real_collect(tasks, current, phase, counter, first, episodes)
+
+    monkeypatch.setattr(algo, "collect", spy_collect)
+    kept = accepted = 0
+    for it in range(4):
+        row = algo.train_iteration(it)
+        kept += row["n_kept"]
+        accepted += row["n_accepted"] + row["n_backed_off"]
+        for phase, policies in collected:
+            if phase != Phase.POST:
+                continue
+            for pol in policies:
+                if pol is algo.policy:
+                    continue
+                assert any(torch.equal(pol.flat_params().detach(), p) for p in passed)
+        collected.clear()
+    assert kept > 0 and accepted > 0 and refused  # every case occurred, a candidate refused by the test too
