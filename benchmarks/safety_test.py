@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = {"verification (off)": {"safety_test": "off"}, "safety test (t, α=0.05)": {"safety_test": "t"}}
+# today's verification with its defaults before the safety test (λ_c = 10·d), and the test's defaults
+METHODS = {"verification (off)": {"safety_test": "off", "lam_c_scale": 10.0},
+           "safety test (t, α=0.05)": {"safety_test": "t"}}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

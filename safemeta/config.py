@@ -111,6 +111,12 @@ class GaussianConfig(CommonConfig):
     critic_epochs: int = param(5, "mlp critic: epochs per fit", low=1, high=10**4)
     eval_episodes: int = param(10, "fresh evaluation episodes per task (validation, meta-test steps)",
                                low=1, high=10_000)
+    eval_max_episodes: int = param(
+        0, "meta-test: evaluate a policy in batches of eval_episodes until its task's 95% cost interval "
+        "excludes the limit or is within eval_rel_width·d, up to this many episodes (exploration "
+        "episodes count); 0: eval_episodes only", low=0, high=100_000)
+    eval_rel_width: float = param(0.2, "meta-test: the interval half-width, relative to d, that is "
+                                  "precise enough to stop (eval_max_episodes)", low=0, high=100)
     obs_norm: bool = param(True, "update the observation normaliser from pre-adaptation data")
     torch_threads: int = param(1, "torch threads for learners (small MLPs run fastest on one)",
                                low=1, high=1024)

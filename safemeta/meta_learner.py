@@ -35,6 +35,8 @@ from safemeta.nn.critic import MLPCritic
 from safemeta.nn.policy import GaussianPolicy, gaussian_kl
 from safemeta.rollout.advantages import Advantages, fit_critics, task_advantages
 from safemeta.rollout.buffer import Rollout
+from safemeta.rollout.evaluation import CostInterval, decided, interval, possibly_over
+from safemeta.rollout.evaluation import over as ci_over
 from safemeta.rollout.sampler import Sampler, TaskStream
 from safemeta.updates import policy_gradient
 from safemeta.updates.trpo import trpo_step
@@ -60,6 +62,7 @@ class Phase(enum.IntEnum):
     VAL_EVAL = 3  # the adapted policies on the validation tasks (fresh evaluation)
     TEST_EVAL = 4  # π^t on the test tasks (fresh evaluation)
     TEST_DATA = 5  # π^t on the test tasks (exploration data of step t)
+    TEST_EVAL_MORE = 6  # sequential evaluation's further batches (counter: 10,000·t + batch)
 
 
 @dataclass
@@ -126,6 +129,14 @@ class MetaLearner(Algorithm):
         "eval_source",
         "explore_cost_max",
         "n_over",
+        "n_possibly_over",
+        "cost_ci_high_max",
+        "cost_half_width_mean",
+        "eval_episodes_mean",
+        "reward_q10",
+        "reward_q90",
+        "cost_q10",
+        "cost_q90",
         "n_start_over",
         "n_recovered",
         "unstable",
@@ -205,6 +216,7 @@ class MetaLearner(Algorithm):
             val_tasks=10,
             eval_every=10,
             eval_episodes=10,
+            eval_max_episodes=100,  # sequential meta-test evaluation until each task is decided
             test_tasks=20,
             test_steps=20,
             checkpoint_every=10,
@@ -230,13 +242,15 @@ class MetaLearner(Algorithm):
         counter: int,
         first: int = 0,
         episodes: int | None = None,
+        index: Sequence[int] | None = None,
     ) -> Rollout:
         """`current[i]` acting on task i: the data budget (`steps_per_task` steps in whole
         episodes, else `episodes_per_task` episodes), or `episodes` evaluation episodes.
-        Task i draws from the stream (phase, counter, first + i): its data do not depend
-        on the tasks collected beside it."""
+        Task i draws from the stream (phase, counter, first + i), or (phase, counter,
+        index[i]): its data do not depend on the tasks collected beside it."""
         c = self.cfg
-        streams = [TaskStream.of(self._stream_root, (phase, counter, first + i)) for i in range(len(tasks))]
+        keys = [first + i for i in range(len(tasks))] if index is None else list(index)
+        streams = [TaskStream.of(self._stream_root, (phase, counter, k)) for k in keys]
         policies = [p.policy for p in current]
         with self.timer("t_sampling" if episodes is None else "t_eval"):  # data, or evaluation
             if episodes is None and c.steps_per_task > 0:
@@ -418,16 +432,25 @@ class MetaLearner(Algorithm):
             self.meta_test_phases = dict(self.timer.totals)  # where meta-test's time went (bench)
         rows = []
         costs = np.stack([np.concatenate([pc[t]["cost"] for pc in per_chunk]) for t in range(steps + 1)])
-        over = np.any(costs > self.cost_limit, axis=2)  # (steps + 1, tasks): a task's cost over d at step t
-        self.meta_test_tasks = recovery(costs, over, self.cost_limit)
+        over = np.any(costs > self.cost_limit, axis=2)  # (steps + 1, tasks): the estimate over d at step t
+        cis = [[ci for pc in per_chunk for ci in pc[t]["ci"]] for t in range(steps + 1)]
+        self.meta_test_tasks = recovery(costs, over, self.cost_limit, cis)
+        limit = float(self.cost_limit[0])
         for t in range(steps + 1):
             rec = [pc[t] for pc in per_chunk]
             reward = np.concatenate([r["reward"] for r in rec])
             cost = np.concatenate([r["cost"] for r in rec])
             row = {"phase": "meta_test", "iteration": -1, "step": t, **self.summary(reward, cost)}
             row.update(
-                n_over=int(over[t].sum()),  # tasks whose policy at step t is over the limit
-                n_start_over=int(over[0].sum()),  # tasks whose meta-policy (step 0) is
+                # constraint 0, each task's mean episode cost with its 95% interval (rollout/evaluation.py)
+                n_over=sum(ci_over(ci, limit) for ci in cis[t]),  # the interval's lower end > d
+                n_possibly_over=sum(possibly_over(ci, limit) for ci in cis[t]),  # only the estimate > d
+                cost_ci_high_max=max(ci.high for ci in cis[t]),
+                cost_half_width_mean=float(np.mean([ci.half_width for ci in cis[t]])),
+                eval_episodes_mean=float(np.mean([ci.episodes for ci in cis[t]])),  # pooled, per task
+                reward_q10=float(np.quantile(reward, 0.1)), reward_q90=float(np.quantile(reward, 0.9)),
+                cost_q10=float(np.quantile(cost[:, 0], 0.1)), cost_q90=float(np.quantile(cost[:, 0], 0.9)),
+                n_start_over=int(over[0].sum()),  # tasks whose meta-policy's estimate (step 0) is over d
                 n_recovered=int((over[0] & ~over[: t + 1].all(0)).sum()),  # of those, under by step t
             )
             row.update(
@@ -451,9 +474,10 @@ class MetaLearner(Algorithm):
         c, current, out, elapsed = self.cfg, self.meta_policies(len(tasks)), [], 0.0
         for t in range(steps + 1):
             ev = self.collect(tasks, current, Phase.TEST_EVAL, t, first, c.eval_episodes)
-            rec = {"reward": ev.reward_return(), "time": elapsed, "env_steps": len(ev.obs),
-                   **dict.fromkeys(self.step_columns, 0.0)}
+            rec = {"time": elapsed, "env_steps": len(ev.obs), **dict.fromkeys(self.step_columns, 0.0)}
             episodes = [self._episode_costs(ev, i) for i in range(len(tasks))]
+            returns = [ev.ep_return[i] for i in range(len(tasks))]
+            policy_t = current
             if t < steps:
                 t0 = time.perf_counter()
                 data = self.collect(tasks, current, Phase.TEST_DATA, t, first)
@@ -464,9 +488,34 @@ class MetaLearner(Algorithm):
                 episodes = [np.concatenate([e, self._episode_costs(data, i)]) for i, e in enumerate(episodes)]
                 rec.update(explore=data.cost_return(self.cost_type), env_steps=len(ev.obs) + len(data.obs),
                            data_steps=len(data.obs), **self.step_log(current))
+            rec["env_steps"] += self._evaluate_until_decided(tasks, policy_t, t, first, episodes, returns)
+            rec["reward"] = np.array([r.mean() for r in returns])
             rec["cost"] = np.stack([e.mean(0) for e in episodes])
+            rec["ci"] = [interval(e) for e in episodes]
             out.append(rec)
         return out
+
+    def _evaluate_until_decided(self, tasks: list[Task], policies: list[TaskPolicy], t: int, first: int,
+                                episodes: list[np.ndarray], returns: list[np.ndarray]) -> int:
+        """Sequential evaluation (`rollout/evaluation.py`): while a task's 95% cost interval
+        neither excludes the limit nor is within eval_rel_width·d, and its episodes are
+        below eval_max_episodes, `eval_episodes` more evaluation episodes of its policy
+        (appended in place to `episodes` and `returns`). Returns the env steps taken."""
+        c, limit, steps, batch = self.cfg, float(self.cost_limit[0]), 0, 0
+        while c.eval_max_episodes > 0:
+            todo = [i for i, e in enumerate(episodes) if len(e) < c.eval_max_episodes
+                    and not decided(interval(e), limit, c.eval_rel_width)]
+            if not todo:
+                break
+            n = min(c.eval_episodes, c.eval_max_episodes - min(len(episodes[i]) for i in todo))
+            more = self.collect([tasks[i] for i in todo], [policies[i] for i in todo], Phase.TEST_EVAL_MORE,
+                                t * 10_000 + batch, episodes=n, index=[first + i for i in todo])
+            for j, i in enumerate(todo):
+                episodes[i] = np.concatenate([episodes[i], self._episode_costs(more, j)])
+                returns[i] = np.concatenate([returns[i], more.ep_return[j]])
+            steps += len(more.obs)
+            batch += 1
+        return steps
 
     def _episode_costs(self, roll: Rollout, i: int) -> np.ndarray:
         """(N, p) episode costs of task i, of the type the limit binds."""
@@ -501,16 +550,21 @@ class MetaLearner(Algorithm):
         self.sampler.close()
 
 
-def recovery(costs: np.ndarray, over: np.ndarray, limit: np.ndarray) -> list[dict[str, Any]]:
-    """Per meta-test task: its cost (constraint 0) at every step, whether the meta-policy
-    started over the limit, and the first step at which it was back under (None: not
-    recovered within the meta-test). `costs` (steps + 1, tasks, p), `over` (steps + 1, tasks)."""
+def recovery(costs: np.ndarray, over: np.ndarray, limit: np.ndarray,
+             cis: list[list[CostInterval]]) -> list[dict[str, Any]]:
+    """Per meta-test task: its cost (constraint 0) at every step with the 95% interval and
+    the episodes behind it, whether the meta-policy's estimate started over the limit, and
+    the first step at which it was back under (None: not recovered within the meta-test).
+    `costs` (steps + 1, tasks, p), `over` (steps + 1, tasks), `cis[t][i]`."""
     out = []
     for i in range(costs.shape[1]):
         under = np.flatnonzero(~over[:, i])
         out.append({
             "task": i,
             "cost": [float(c) for c in costs[:, i, 0]],
+            "cost_low": [float(cis[t][i].low) for t in range(len(cis))],
+            "cost_high": [float(cis[t][i].high) for t in range(len(cis))],
+            "episodes": [cis[t][i].episodes for t in range(len(cis))],
             "limit": float(limit[0]),
             "started_over": bool(over[0, i]),
             "back_under_at": None if not over[0, i] else (int(under[0]) if under.size else None),

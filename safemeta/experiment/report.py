@@ -21,9 +21,14 @@ def _plt() -> Any:
 
 
 def curves_png(rows: list[dict[str, Any]], x: str, path: Path, title: str,
-               series: dict[str, list[dict[str, Any]]] | None = None) -> Path:
-    """Two panels: average reward and maximum cost vs `x`, the limit dashed.
-    `series` maps a label (algorithm) to its rows; default one unlabelled series."""
+               series: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Two panels against `x`: average reward over tasks and the cost, the limit dashed, the
+    cost axis from 0 to above the limit. `series` maps a label to its rows (default one).
+
+    Cost: the maximum over tasks of each task's mean episode cost; with meta-training rows
+    also the meta-policy's own (pre-adaptation) maximum; with meta-test rows the mean over
+    tasks with its 10-90% band over tasks. Returns what was drawn (`figure_data`), which
+    the tests read back."""
     plt = _plt()
     series = series or {"": rows}
     fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -31,27 +36,57 @@ def curves_png(rows: list[dict[str, Any]], x: str, path: Path, title: str,
     for label, rs in series.items():
         rs = [r for r in rs if r.get(x) is not None]
         xs = [r[x] for r in rs]
-        ax_r.plot(xs, [r["reward_mean"] for r in rs], marker="." if len(xs) < 40 else None,
-                  label=label or None)
-        ax_c.plot(xs, [r["cost_max"] for r in rs], marker="." if len(xs) < 40 else None,
-                  label=label or None)
+        mark = "." if len(xs) < 40 else None
+        name = f"{label}: " if label else ""
+        ax_r.plot(xs, [r["reward_mean"] for r in rs], marker=mark, label=f"{name}mean over tasks")
+        _band(ax_r, rs, xs, "reward_q10", "reward_q90", f"{name}10-90% of tasks")
+        ax_c.plot(xs, [r["cost_max"] for r in rs], marker=mark, label=f"{name}max over tasks")
+        pre = [(xv, r["pre_cost_max"]) for xv, r in zip(xs, rs) if r.get("pre_cost_max") is not None]
+        if pre:
+            ax_c.plot(*zip(*pre), linestyle=":", label=f"{name}meta-policy (pre-adaptation) max")
+        if _band(ax_c, rs, xs, "cost_q10", "cost_q90", f"{name}10-90% of tasks"):
+            ax_c.plot(xs, [r["cost_mean"] for r in rs], linewidth=1, label=f"{name}mean over tasks")
         limit = next((r["cost_limit"] for r in rs if r.get("cost_limit") is not None), limit)
     if limit is not None:
         ax_c.axhline(limit, color="k", linestyle="--", linewidth=1, label="cost limit")
-    ax_r.set(xlabel=x.replace("_", " "), ylabel="average reward", title=f"{title}: reward")
-    ax_c.set(xlabel=x.replace("_", " "), ylabel="maximum cost over tasks", title=f"{title}: cost")
-    ax_c.legend(loc="best", fontsize=8)
-    if any(series):
-        ax_r.legend(loc="best", fontsize=8)
+    top = max([limit or 0.0] + [y for line in ax_c.get_lines() for y in line.get_ydata()
+                                 if isinstance(y, (int, float)) and math.isfinite(y)])
+    ax_c.set_ylim(0, 1.1 * top if top > 0 else 1.0)
+    ax_r.set(xlabel=x.replace("_", " "), ylabel="average reward over tasks", title=f"{title}: reward")
+    ax_c.set(xlabel=x.replace("_", " "), ylabel="mean episode cost", title=f"{title}: cost")
+    ax_c.legend(loc="best", fontsize=7)
+    ax_r.legend(loc="best", fontsize=7)
     from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_r, ax_c):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
+    data = figure_data(fig)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+    return data
+
+
+def _band(ax: Any, rs: list[dict[str, Any]], xs: list[Any], lo: str, hi: str, label: str) -> bool:
+    pts = [(xv, r[lo], r[hi]) for xv, r in zip(xs, rs) if r.get(lo) is not None and r.get(hi) is not None]
+    if not pts:
+        return False
+    bx, blo, bhi = zip(*pts)
+    ax.fill_between(bx, blo, bhi, alpha=0.2, label=label)
+    return True
+
+
+def figure_data(fig: Any) -> dict[str, Any]:
+    """Per axes: its lines (label -> y values), its bands (labels) and its y limits."""
+    out = {}
+    for ax in fig.axes:
+        out[ax.get_title()] = {
+            "lines": {ln.get_label(): [float(y) for y in ln.get_ydata()] for ln in ax.get_lines()},
+            "bands": [c.get_label() for c in ax.collections],
+            "ylim": tuple(float(v) for v in ax.get_ylim()),
+        }
+    return out
 
 
 def _num(v: Any, digits: int = 3) -> str:
@@ -85,8 +120,10 @@ def write_report(run_dir: Path, title: str, metrics: Path | None = None,
                       for k in sorted(sources)}
         curves_png(train, "iteration", out / "meta_train.png", "meta-training (one-step adapted)", series)
         parts += ["## Meta-training", "",
-                  "Average reward and maximum cost over tasks of the policy adapted one step "
-                  "from the meta-policy; the dashed line is the limit.", "",
+                  "Reward: average over tasks of the policy adapted one step from the meta-policy. "
+                  "Cost: the maximum over tasks of each task's mean episode cost, of that adapted "
+                  "policy (solid) and of the meta-policy itself on the training batch (dotted, "
+                  "pre-adaptation); the dashed line is the limit.", "",
                   "![meta-training](meta_train.png)", ""]
         phases, sub = phase_times(train), phase_times(train, SUBPHASES)
         if phases:
@@ -98,16 +135,33 @@ def write_report(run_dir: Path, title: str, metrics: Path | None = None,
     if test:
         curves_png(test, "step", out / "meta_test.png", "meta-test")
         viol = sum(r["violation_rate"] for r in test) / len(test)
+        has_ci = any(r.get("n_possibly_over") is not None for r in test)
+        header = ["step", "reward mean", "cost mean", "cost max", "limit", "violation rate", "time (s)"]
+        header += ["over (CI)", "possibly over", "max upper 95%", "episodes / task"] if has_ci else []
+        table = [[r["step"], r["reward_mean"], r["cost_mean"], r["cost_max"], r["cost_limit"],
+                  r["violation_rate"], r["time_s"]]
+                 + ([r.get("n_over"), r.get("n_possibly_over"), r.get("cost_ci_high_max"),
+                     r.get("eval_episodes_mean")] if has_ci else []) for r in test]
         parts += ["## Meta-test", "",
                   "From the meta-policy (step 0), each step adapts on data from the current "
                   "policy; every policy used to collect data must stay under the limit "
-                  "(anytime safety).", "", "![meta-test](meta_test.png)", "",
-                  markdown_table(["step", "reward mean", "cost mean", "cost max", "limit",
-                                  "violation rate", "time (s)"],
-                                 [[r["step"], r["reward_mean"], r["cost_mean"], r["cost_max"],
-                                   r["cost_limit"], r["violation_rate"], r["time_s"]] for r in test]),
-                  "", f"**Anytime safety**: {_num(viol)} of (task, step) pairs exceed the limit "
-                  f"({'all within the limit' if viol == 0 else 'VIOLATIONS'}).", ""]
+                  "(anytime safety). A task's cost at a step is the mean episode cost of that "
+                  "step's policy over all its episodes there (evaluation and exploration); "
+                  "*cost max* is the maximum of these over tasks, *violation rate* the share of "
+                  "tasks whose mean exceeds the limit. Figure: reward and cost averaged over tasks "
+                  "with their 10-90% band over tasks, the maximum over tasks, the limit dashed.", "",
+                  "![meta-test](meta_test.png)", "", markdown_table(header, table), ""]
+        if has_ci:
+            parts += ["*over (CI)*: tasks whose 95% Student-t interval of the mean episode cost lies "
+                      "above the limit; *possibly over*: tasks whose estimate exceeds it but whose "
+                      "interval does not; *episodes / task*: the episodes behind each estimate "
+                      "(sequential evaluation adds batches until the interval decides, "
+                      "`eval_max_episodes`).", ""]
+        certain = (f" By the 95% intervals, {sum(r.get('n_over') or 0 for r in test)} (task, step) pairs are "
+                   f"over and {sum(r.get('n_possibly_over') or 0 for r in test)} possibly over."
+                   if has_ci else "")
+        parts += [f"**Anytime safety**: {_num(viol)} of (task, step) pairs exceed the limit by their "
+                  f"estimate ({'all within the limit' if viol == 0 else 'VIOLATIONS'}).{certain}", ""]
         tasks_json = (metrics or run_dir / "metrics.csv").parent / "meta_test_tasks.json"
         parts += adaptation_section(test, tasks_json)
     parts += video or []
