@@ -238,7 +238,7 @@ def test_theory_hyperparameters_and_presets() -> None:
     assert algo.params.lam == pytest.approx(th.lam)
     np.testing.assert_allclose(algo.params.lam_c, th.lam_c)
     np.testing.assert_allclose(algo.params.delta, 0.0)  # ε at its maximum: δ = 0
-    assert make_algo().params.lam_c[0] == pytest.approx(6.0)  # λ_c defaults to 10·d
+    assert make_algo().params.lam_c[0] == pytest.approx(0.6)  # λ_c defaults to 1·d
     assert make_algo(lam_c_scale=2.0).params.lam_c[0] == pytest.approx(1.2)
     assert make_algo(lam_c=0.5).params.lam_c[0] == 0.5
     with pytest.raises(ConfigError, match="outer_step"):
