@@ -135,7 +135,8 @@ class SafeMetaConfig(GaussianConfig):
     def adapt_params(self, num_costs: int, cost_limit: np.ndarray, cost_type: str) -> AdaptParams:
         """λ, λ_c, δ from the fields or from the theorem (SPEC §2.5), with the suite's limits."""
         lam, delta = self.lam, self.delta
-        lam_c = self.lam_c_scale * cost_limit if self.lam_c is None else self.lam_c
+        # λ_c ≥ 0 (SPEC §2.5) whatever the sign of a limit
+        lam_c = self.lam_c_scale * np.abs(cost_limit) if self.lam_c is None else self.lam_c
         if self.hyper == "theory":
             th = theory_params(self.theory_alpha, self.theory_a_max, np.full(num_costs, self.theory_a_c_max),
                                self.theory_radius, self.gamma, self.theory_eps)
