@@ -183,7 +183,7 @@ def adaptation_section(test: list[dict[str, Any]], tasks_json: Path) -> list[str
         parts += ["Adaptation per step (each task's step from the policy of that step): accepted in "
                   "full, backed off to a fraction of the step, or the current policy kept; "
                   "*recovering*: the current policy was over the limit on its own data.", "",
-                  markdown_table(["step", "accepted", "backed off", "kept", "recovering", "tasks over limit"],
+                  markdown_table(["step", "accepted", "backed off", "kept", "recovering", "tasks over (95% CI)"],
                                  [[r["step"], r.get("n_accepted"), r.get("n_backed_off"), r.get("n_kept"),
                                    r.get("n_recovering"), r.get("n_over")] for r in steps]), ""]
     if tasks_json.exists():
