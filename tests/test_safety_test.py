@@ -241,3 +241,28 @@ def test_a_rejected_candidate_never_collects_data(monkeypatch: pytest.MonkeyPatc
                 assert any(torch.equal(pol.flat_params().detach(), p) for p in passed)
         collected.clear()
     assert kept > 0 and accepted > 0 and refused  # every case occurred, a candidate refused by the test too
+
+
+def test_recovery_by_task_and_the_report_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`meta_learner.recovery` finds the first step back under the limit; the report lists
+    every task that started over it, with that step or 'not recovered'."""
+    import json
+
+    from safemeta.experiment.report import adaptation_section
+    from safemeta.meta_learner import recovery
+    from safemeta.rollout.evaluation import interval
+
+    costs = np.array([[30.0, 10.0, 40.0], [27.0, 12.0, 41.0], [20.0, 9.0, 39.0]])[:, :, None]  # step, task, p
+    over_ = costs[:, :, 0] > 25.0
+    cis = [[interval(np.array([c, c])) for c in row[:, 0]] for row in costs]
+    tasks = recovery(costs, over_, np.array([25.0]), cis)
+    assert [t["started_over"] for t in tasks] == [True, False, True]
+    assert [t["back_under_at"] for t in tasks] == [2, None, None]
+    (tmp_path / "meta_test_tasks.json").write_text(json.dumps(tasks))
+    rows = [{"step": t, "n_accepted": 1, "n_backed_off": 0, "n_kept": 2, "n_recovering": 2, "n_over": 2}
+            for t in range(3)]
+    text = "\n".join(adaptation_section(rows, tmp_path / "meta_test_tasks.json"))
+    assert "2 task(s) started over the limit" in text
+    assert "| 0 | 30 | 25 | 2 | 30 -> 27 -> 20 |" in text
+    assert "| 2 | 40 | 25 | not recovered | 40 -> 41 -> 39 |" in text
+    assert text.count("\n| 0 | 1 | 0 | 2 | 2 | 2 |") == 1  # the per-step counts (the last step has none)
