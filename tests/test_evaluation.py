@@ -91,3 +91,26 @@ def test_report_figures_hold_the_limit_the_bands_and_the_pre_adaptation_cost(tmp
     assert data["meta-test: cost"]["lines"]["mean over tasks"] == [3.0, 3.0, 3.0]
     assert data["meta-test: cost"]["ylim"][0] == 0.0 and data["meta-test: cost"]["ylim"][1] >= 25.0
     assert (tmp_path / "test.png").stat().st_size > 1000
+
+
+def test_the_unconstrained_reference_is_stored_and_drawn(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from safemeta.experiment import reference
+    from safemeta.experiment.report import curves_png
+
+    rows = [{"phase": "meta_train", "reward_mean": 0.0},
+            {"phase": "meta_test", "step": 0, "reward_mean": 10.0, "cost_mean": 40.0, "cost_max": 60.0},
+            {"phase": "meta_test", "step": 3, "reward_mean": 31.5, "cost_mean": 52.0, "cost_max": 90.0}]
+    entry = reference.summarize(rows)
+    assert entry == {"reward": 31.5, "cost_mean": 52.0, "cost_max": 90.0, "reward_step0": 10.0,
+                     "cost_mean_step0": 40.0, "steps": 3}
+    path = tmp_path / "references.json"
+    reference.store("point-circle", "quick", {**entry, "command": "safemeta reference"}, path)
+    reference.store("point-circle", "paper", {**entry, "reward": 40.0}, path)
+    assert reference.lookup("point-circle", "quick", path)["reward"] == 31.5
+    assert reference.lookup("point-circle", "paper", path)["reward"] == 40.0
+    assert reference.lookup("car-circle", "quick", path) is None
+    test = [{"step": t, "reward_mean": 20.0, "cost_mean": 3.0, "cost_max": 8.0, "cost_limit": 25.0}
+            for t in range(2)]
+    data = curves_png(test, "step", tmp_path / "t.png", "meta-test", reference=entry)
+    assert data["meta-test: reward"]["lines"]["unconstrained learner (limit lifted)"] == [31.5, 31.5]
+    assert data["meta-test: cost"]["lines"]["unconstrained learner (limit lifted): mean"] == [52.0, 52.0]

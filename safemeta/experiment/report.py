@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from safemeta.experiment import reference
 from safemeta.experiment.metrics import read_rows
 
 
@@ -21,14 +22,16 @@ def _plt() -> Any:
 
 
 def curves_png(rows: list[dict[str, Any]], x: str, path: Path, title: str,
-               series: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+               series: dict[str, list[dict[str, Any]]] | None = None,
+               reference: dict[str, Any] | None = None) -> dict[str, Any]:
     """Two panels against `x`: average reward over tasks and the cost, the limit dashed, the
     cost axis from 0 to above the limit. `series` maps a label to its rows (default one).
 
     Cost: the maximum over tasks of each task's mean episode cost; with meta-training rows
     also the meta-policy's own (pre-adaptation) maximum; with meta-test rows the mean over
-    tasks with its 10-90% band over tasks. Returns what was drawn (`figure_data`), which
-    the tests read back."""
+    tasks with its 10-90% band over tasks. `reference`: the unconstrained learner's final
+    reward and mean cost (`experiment/reference.py`), dotted. Returns what was drawn
+    (`figure_data`), which the tests read back."""
     plt = _plt()
     series = series or {"": rows}
     fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -49,6 +52,11 @@ def curves_png(rows: list[dict[str, Any]], x: str, path: Path, title: str,
         limit = next((r["cost_limit"] for r in rs if r.get("cost_limit") is not None), limit)
     if limit is not None:
         ax_c.axhline(limit, color="k", linestyle="--", linewidth=1, label="cost limit")
+    if reference:
+        name = "unconstrained learner (limit lifted)"
+        ax_r.axhline(reference["reward"], color="gray", linestyle=":", linewidth=1.5, label=name)
+        ax_c.axhline(reference["cost_mean"], color="gray", linestyle=":", linewidth=1.5,
+                     label=f"{name}: mean")
     top = max([limit or 0.0] + [y for line in ax_c.get_lines() for y in line.get_ydata()
                                  if isinstance(y, (int, float)) and math.isfinite(y)])
     ax_c.set_ylim(0, 1.1 * top if top > 0 else 1.0)
@@ -133,7 +141,8 @@ def write_report(run_dir: Path, title: str, metrics: Path | None = None,
             parts += ["Time per meta-training iteration by phase:", "",
                       markdown_table(["phase", "mean s / iteration", "share"], table), ""]
     if test:
-        curves_png(test, "step", out / "meta_test.png", "meta-test")
+        ref = reference.for_run(run_dir)
+        curves_png(test, "step", out / "meta_test.png", "meta-test", reference=ref)
         viol = sum(r["violation_rate"] for r in test) / len(test)
         has_ci = any(r.get("n_possibly_over") is not None for r in test)
         header = ["step", "reward mean", "cost mean", "cost max", "limit", "violation rate", "time (s)"]
@@ -151,6 +160,11 @@ def write_report(run_dir: Path, title: str, metrics: Path | None = None,
                   "tasks whose mean exceeds the limit. Figure: reward and cost averaged over tasks "
                   "with their 10-90% band over tasks, the maximum over tasks, the limit dashed.", "",
                   "![meta-test](meta_test.png)", "", markdown_table(header, table), ""]
+        if ref:
+            parts += [f"Unconstrained reference (the same learner with the limit lifted, "
+                      f"`{ref.get('command', '')}`, {ref.get('date', '')}): meta-test reward "
+                      f"{_num(ref['reward'])}, mean cost {_num(ref['cost_mean'])}, max cost "
+                      f"{_num(ref['cost_max'])} (dotted in the figure).", ""]
         if has_ci:
             parts += ["*over (CI)*: tasks whose 95% Student-t interval of the mean episode cost lies "
                       "above the limit; *possibly over*: tasks whose estimate exceeds it but whose "
@@ -183,7 +197,8 @@ def adaptation_section(test: list[dict[str, Any]], tasks_json: Path) -> list[str
         parts += ["Adaptation per step (each task's step from the policy of that step): accepted in "
                   "full, backed off to a fraction of the step, or the current policy kept; "
                   "*recovering*: the current policy was over the limit on its own data.", "",
-                  markdown_table(["step", "accepted", "backed off", "kept", "recovering", "tasks over (95% CI)"],
+                  markdown_table(["step", "accepted", "backed off", "kept", "recovering",
+                                  "tasks over (95% CI)"],
                                  [[r["step"], r.get("n_accepted"), r.get("n_backed_off"), r.get("n_kept"),
                                    r.get("n_recovering"), r.get("n_over")] for r in steps]), ""]
     if tasks_json.exists():
