@@ -227,9 +227,12 @@ def test_compare_keeps_one_split_per_directory(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.skipif(not (RESULTS / "compare.yaml").exists(), reason="no stored comparison")
-def test_a_comparison_from_before_splits_resumes_unchanged() -> None:
-    """results/compare-halfcheetah-vel-quick (read only): same header, same task files, and
-    its runs' configs (without test_split) belong to the config a rerun asks for."""
+def test_a_comparison_from_before_splits_resumes_unchanged(tmp_path: Path) -> None:
+    """results/compare-halfcheetah-vel-quick (read only): same header and task files; and a
+    run directory written before a config field existed (test_split, the safety test's
+    fields: dropped from a copy of a run's config) belongs to the config a rerun asks for."""
+    import shutil
+
     from safemeta.experiment.compare import CompareSpec, resolve_all, seed_tasks
     from safemeta.experiment.runner import Run, RunSpec, resolve
 
@@ -239,10 +242,13 @@ def test_a_comparison_from_before_splits_resumes_unchanged() -> None:
     for seed in range(3):
         stored = json.loads((RESULTS / f"tasks-s{seed}.json").read_text())
         assert stored == json.loads(json.dumps(seed_tasks(first, seed)))
-    run_dir = RESULTS / "safemeta" / "s0"
+    run_dir = tmp_path / "s0"
+    shutil.copytree(RESULTS / "meta-cpo" / "s0", run_dir, ignore=shutil.ignore_patterns("tb", "checkpoints"))
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert "test_split" not in saved["config"]
-    r = resolve(RunSpec(env="halfcheetah-vel", algo="safemeta", preset="quick", overrides={"seed": 0},
+    saved["config"] = {k: v for k, v in saved["config"].items()
+                       if k != "test_split" and not k.startswith("eval_max") and k != "eval_rel_width"}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    r = resolve(RunSpec(env="halfcheetah-vel", algo="meta-cpo", preset="quick", overrides={"seed": 0},
                         out=str(run_dir), resume=True))
     run = Run(r)
     run.prepare()  # raises on another config; writes nothing to a run directory it accepts
