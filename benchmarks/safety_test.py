@@ -44,7 +44,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], test_sets: list[str]) -> dict:
+def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], test_sets: list[str],
+            partial=None) -> dict:  # type: ignore[no-untyped-def]
     from safemeta import config as C
     from safemeta.experiment.runner import Run, load_run
     from safemeta.meta_learner import Phase
@@ -95,6 +96,13 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
         done += len(tasks)
         rnd += 1
         print(f"{run_dir}: {done}/{n_tasks} tasks, {time.perf_counter() - t0:.0f} s", flush=True)
+        if partial is not None:  # the numbers so far, in case the run is stopped
+            partial(summary(run_dir, r, limit, done, true_episodes, test_sets, out))
+    return summary(run_dir, r, limit, done, true_episodes, test_sets, out)
+
+
+def summary(run_dir: Path, r, limit, n_tasks: int, true_episodes: int, test_sets: list[str],  # type: ignore[no-untyped-def]
+            out: dict) -> dict:
     res = {"run": str(run_dir), "env": r.spec.env, "test_sets": test_sets, "limit": float(limit[0]),
            "tasks": n_tasks, "true_episodes": true_episodes, "episodes_per_task": r.cfg.episodes_per_task,
            "methods": {}}
@@ -140,12 +148,16 @@ def main() -> None:
     ap.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a config field of the safety-test method only (e.g. lam_c_scale=1)")
     args = ap.parse_args()
-    results = []
-    for run in args.run_dirs:
-        results.append(measure(run, args.tasks, args.true_episodes, args.sets, args.test_sets))
+    results: list[dict] = []
+
+    def save(current: dict | None = None) -> None:
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=1))
+            args.out.write_text(json.dumps(results + ([current] if current else []), indent=1))
+
+    for run in args.run_dirs:
+        results.append(measure(run, args.tasks, args.true_episodes, args.sets, args.test_sets, save))
+        save()
     print()
     print(table(results))
 
