@@ -10,9 +10,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from safemeta import config as C
+
+if TYPE_CHECKING:
+    from safemeta.rollout.backends import Backend
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                         "a task is an object of its parameters (see `safemeta envs`)")
     t.add_argument("--out", default=None, help="run directory (default runs/<env>-<algo>-s<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--backend", default="local", help="local")
+    _sampling_options(t)
     t.add_argument("--device", default=None, help="cpu | cuda (same as --set device=...)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -64,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default=None,
                    help="comparison directory (default runs/compare-<env>-<preset>, -ood appended for ood)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _sampling_options(c)
     c.add_argument("--report-only", action="store_true",
                    help="run nothing: write the report of the runs finished so far")
 
@@ -86,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, choices=("test", "ood"),
                    help="fresh tasks of this split instead of the run's own (writes RUN_DIR/test-<split>/; "
                         "test: the training distribution, ood: shifted, harder)")
+    _sampling_options(e)
 
     v = sub.add_parser("render", help="watch a trained run's meta-policy and its safe adaptation on one "
                        "task (a GIF or MP4 with reward, cost and limit on every frame)")
@@ -113,6 +118,22 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--hq", action="store_true",
                    help="MuJoCo's shadows, reflections and anti-aliasing (about 10x slower without a GPU)")
     return p
+
+
+def _sampling_options(p: argparse.ArgumentParser) -> None:
+    """Where sampling runs: run options, not config fields (a run may resume on another backend)."""
+    p.add_argument("--backend", default="local",
+                   help="local (this process; default) | process (--workers local processes) | "
+                        "ray (--workers Ray actors; pip install safemeta[ray]); same numbers on each")
+    p.add_argument("--workers", type=int, default=2, help="processes or Ray actors (default 2)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray for the run)")
+
+
+def _sampling(args: argparse.Namespace) -> Backend:
+    from safemeta.rollout.backends import Backend
+
+    return Backend(args.backend, args.workers, args.ray_address)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +209,8 @@ def _compare(args: argparse.Namespace) -> int:
     from safemeta.experiment.compare import CompareSpec, compare
 
     spec = CompareSpec(env=args.env, algos=_algos(args.algos), seeds=args.seeds, preset=args.preset,
-                       overrides=C.parse_overrides(args.sets), out=args.out, split=args.split)
+                       overrides=C.parse_overrides(args.sets), out=args.out, split=args.split,
+                       backend=args.backend, workers=args.workers, ray_address=args.ray_address)
     path = compare(spec, progress=not args.no_progress, report_only=args.report_only)
     if path is None:
         print("interrupted: rerun the same command to continue")
@@ -219,7 +241,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     spec = RunSpec(env=args.env, algo=args.algo, preset=args.preset, overrides=overrides,
                    config_file=args.config, out=args.out, resume=args.resume, backend=args.backend,
-                   task_file=args.task_file)
+                   task_file=args.task_file, workers=args.workers, ray_address=args.ray_address)
     r = resolve(spec)
     t0 = time.perf_counter()
     done = Run(r).train(progress=not args.no_progress)
@@ -237,7 +259,8 @@ def _test(args: argparse.Namespace) -> int:
         v = getattr(args, name)
         if v is not None and v < (1 if name == "tasks" else 0):
             raise C.ConfigError(f"--{name}: got {v}; accepted an integer >= {1 if name == 'tasks' else 0}")
-    path = test_run(Path(args.run_dir), args.tasks, args.steps, task_file=args.task_file, split=args.split)
+    path = test_run(Path(args.run_dir), args.tasks, args.steps, task_file=args.task_file, split=args.split,
+                    sampling=_sampling(args))
     _print_table(path.parent / "metrics.csv")
     print(f"report: {path}")
     return 0

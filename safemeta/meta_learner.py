@@ -34,10 +34,11 @@ from safemeta.envs.base import Suite, Task
 from safemeta.nn.critic import MLPCritic
 from safemeta.nn.policy import GaussianPolicy, gaussian_kl
 from safemeta.rollout.advantages import Advantages, fit_critics, task_advantages
+from safemeta.rollout.backends import make_sampler
 from safemeta.rollout.buffer import Rollout
 from safemeta.rollout.evaluation import CostInterval, decided, interval, possibly_over
 from safemeta.rollout.evaluation import over as ci_over
-from safemeta.rollout.sampler import Sampler, TaskStream
+from safemeta.rollout.sampler import TaskStream
 from safemeta.updates import policy_gradient
 from safemeta.updates.trpo import trpo_step
 
@@ -179,7 +180,7 @@ class MetaLearner(Algorithm):
                 else None
             )
         self.outer_optim = torch.optim.Adam(self.policy.parameters(), lr=cfg.outer_lr)
-        self.sampler = Sampler(suite, self.horizon, cfg.gamma, cfg.envs_per_task)
+        self.sampler = make_sampler(suite, self.horizon, cfg.gamma, cfg.envs_per_task)
         self.timer = PhaseTimer()
         self._eval_key = 0  # the iteration (or META_TEST_STREAM) of the evaluation under way
         self.meta_test_phases: dict[str, float] = {}

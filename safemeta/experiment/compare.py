@@ -49,6 +49,9 @@ class CompareSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     out: str | None = None
     split: str = "test"  # the split of the meta-test tasks (the runs' test_split)
+    backend: str = "local"  # where the runs sample (a run option: not in compare.yaml)
+    workers: int = 2
+    ray_address: str | None = None
 
     def header(self) -> dict[str, Any]:
         """What makes runs comparable; algorithms and seeds may be added to a comparison later.
@@ -84,7 +87,8 @@ def resolve_all(spec: CompareSpec) -> dict[str, Resolved]:
             raise C.ConfigError(f"--set: {algo} has no field {missing[0]!r}; a comparison's --set must "
                                 "apply to every algorithm")
         out[algo] = resolve(RunSpec(env=spec.env, algo=algo, preset=spec.preset,
-                                    overrides=_run_overrides(spec.run_overrides(), r)))
+                                    overrides=_run_overrides(spec.run_overrides(), r), backend=spec.backend,
+                                    workers=spec.workers, ray_address=spec.ray_address))
     _check_budgets(out)
     return out
 
@@ -169,7 +173,9 @@ class Comparison:
                 r = self.resolved[algo]
                 spec = RunSpec(env=self.spec.env, algo=algo, preset=self.spec.preset,
                                overrides={**_run_overrides(self.spec.run_overrides(), r), "seed": seed},
-                               out=str(out), resume=resuming, task_file=str(task_file))
+                               out=str(out), resume=resuming, task_file=str(task_file),
+                               backend=self.spec.backend, workers=self.spec.workers,
+                               ray_address=self.spec.ray_address)
                 if not Run(resolve(spec), log=self.log).train(progress=progress):
                     return False
         return True

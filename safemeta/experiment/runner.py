@@ -38,6 +38,7 @@ from safemeta.experiment import checkpoint, faults
 from safemeta.experiment.metrics import MetricsWriter
 from safemeta.experiment.render import report_video
 from safemeta.experiment.report import write_report
+from safemeta.rollout import backends
 
 PRESETS = ("quick", "paper")
 
@@ -64,8 +65,13 @@ class RunSpec:
     config_file: str | None = None
     out: str | None = None
     resume: bool = False
-    backend: str = "local"
+    backend: str = "local"  # where sampling runs: local | process | ray (a run option, not saved)
     task_file: str | None = None  # JSON of validation/test tasks (see `read_task_file`)
+    workers: int = 2  # sampling processes or Ray actors (process, ray)
+    ray_address: str | None = None  # the Ray cluster (default RAY_ADDRESS, else a local Ray)
+
+    def sampling(self) -> backends.Backend:
+        return backends.Backend(self.backend, self.workers, self.ray_address)
 
 
 @dataclass
@@ -83,8 +89,7 @@ class Resolved:
 
 def resolve(spec: RunSpec) -> Resolved:
     """Validate everything before any work: raises ConfigError with one line."""
-    if spec.backend != "local":
-        raise C.ConfigError(f"backend: {spec.backend!r} is not available in this build; accepted: local")
+    backends.check(spec.sampling())
     if spec.preset not in PRESETS:
         raise C.ConfigError(f"preset: got {spec.preset!r}; accepted {', '.join(PRESETS)}")
     try:
@@ -236,7 +241,8 @@ class Run:
         root = np.random.SeedSequence(cfg.seed)
         task_seq, algo_seq = root.spawn(2)
         tasks = self.tasks(task_seq)
-        algo = self.r.algo_cls(cfg, self.r.suite, tasks, algo_seq)
+        with backends.use(self.r.spec.sampling()):
+            algo = self.r.algo_cls(cfg, self.r.suite, tasks, algo_seq)
         metrics = MetricsWriter(self.dir / "metrics.csv", algo.extra_columns, self.dir / "tb")
         start, rejected = self._restore(algo, metrics)
         old = self._install_signals()
@@ -436,7 +442,15 @@ def resume_command(r: Resolved) -> str:
     conf = f" --config {r.spec.config_file}" if r.spec.config_file else ""
     tasks = f" --task-file {r.spec.task_file}" if r.spec.task_file else ""
     return (f"safemeta train --env {r.spec.env} --algo {r.spec.algo} --preset {r.spec.preset}"
-            f"{conf}{tasks} {sets} --out {r.out} --resume").replace("  ", " ")
+            f"{conf}{tasks} {sets} --out {r.out}{_backend_args(r.spec)} --resume").replace("  ", " ")
+
+
+def _backend_args(spec: RunSpec) -> str:
+    """The sampling options of `spec` on a command line (none for the default)."""
+    if spec.backend == "local":
+        return ""
+    address = f" --ray-address {spec.ray_address}" if spec.backend == "ray" and spec.ray_address else ""
+    return f" --backend {spec.backend} --workers {spec.workers}{address}"
 
 
 def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:
@@ -456,11 +470,14 @@ def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:
 
 def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None,
              log: Callable[[str], None] = print, task_file: str | Path | None = None,
-             split: str | None = None) -> Path:
+             split: str | None = None, sampling: backends.Backend | None = None) -> Path:
     """Meta-test a trained run on its test tasks (more are sampled if `n_tasks` asks), on
     the test tasks of `task_file` (see `read_task_file`), or on `n_tasks` (default the run's
     test_tasks) fresh tasks of `split`. Writes metrics.csv and a report to RUN_DIR/test, or
-    RUN_DIR/test-<split> with `split`; returns the report path."""
+    RUN_DIR/test-<split> with `split`; returns the report path. `sampling`: where the
+    meta-test samples (default local)."""
+    sampling = sampling or backends.Backend()
+    backends.check(sampling)
     r, payload = load_run(run_dir)
     cfg = r.cfg
     if split is not None:
@@ -483,7 +500,8 @@ def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None
     if n > len(tasks["test"]):
         extra_rng = np.random.default_rng(root.spawn(3)[2])
         tasks["test"] += r.suite.sample_tasks(n - len(tasks["test"]), extra_rng, cfg.test_split)
-    algo = r.algo_cls(cfg, r.suite, tasks, algo_seq)
+    with backends.use(sampling):
+        algo = r.algo_cls(cfg, r.suite, tasks, algo_seq)
     algo.load_state_dict(payload["algo"])
     out = run_dir / ("test" if split is None else f"test-{split}")
     out.mkdir(exist_ok=True)

@@ -122,10 +122,13 @@ class Sampler:
         streams: Sequence[TaskStream],
         episodes: int = 0,
         steps: int = 0,
+        stacked: bool | None = None,
     ) -> Rollout:
         """On each task, `policies[i]` acting with the randomness of `streams[i]`:
         `episodes` episodes, or with `steps` > 0 whole episodes until at least `steps`
-        steps (the step budget of the paper's setting: "batch N per task")."""
+        steps (the step budget of the paper's setting: "batch N per task"). `stacked`:
+        one stacked forward for all tasks, or one per task; None: `stackable(policies)`
+        (a part of a split collection is told what the whole would do, so it acts alike)."""
         if steps > 0:
             k = self.envs_per_task or -(-steps // self.horizon)
         else:
@@ -145,7 +148,7 @@ class Sampler:
             quota = np.array([len(range(j, episodes, k)) for _ in tasks for j in range(k)])
             obs = batch.start(quota, rngs)
         with single_thread():
-            out = self._run(batch, obs, task_of_env, policies, [s.gen for s in streams])
+            out = self._run(batch, obs, task_of_env, policies, [s.gen for s in streams], stacked)
         return self._assemble(out, task_of_env, len(tasks))
 
     def _run(
@@ -155,8 +158,9 @@ class Sampler:
         task_of_env: np.ndarray,
         policies: Sequence[GaussianPolicy],
         gens: Sequence[torch.Generator],
+        stacked: bool | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Step]]:
-        act_fn = _actor(policies, task_of_env, gens)
+        act_fn = _actor(policies, task_of_env, gens, stacked)
         out = []
         while batch.active.any():
             act, logp = act_fn(obs, batch.active)
@@ -216,8 +220,16 @@ class Sampler:
         self.pool.close()
 
 
+def stackable(policies: Sequence[GaussianPolicy]) -> bool:
+    """Whether the policies can act as one stacked network: they share one normaliser."""
+    return all(_same_normalizer(policies[0], p) for p in policies)
+
+
 def _actor(
-    policies: Sequence[GaussianPolicy], task_of_env: np.ndarray, gens: Sequence[torch.Generator]
+    policies: Sequence[GaussianPolicy],
+    task_of_env: np.ndarray,
+    gens: Sequence[torch.Generator],
+    stacked: bool | None = None,
 ) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """One policy forward per step for all envs: the tasks' policies (the meta-policy
     repeated, or the adapted ones sharing one normaliser) as one stacked network on
@@ -229,7 +241,9 @@ def _actor(
     n_tasks = len(policies)
     counts = np.bincount(task_of_env, minlength=n_tasks)
     first = policies[0]
-    if np.any(counts != counts[0]) or not all(_same_normalizer(first, p) for p in policies):
+    if stacked is None:
+        stacked = stackable(policies)
+    if np.any(counts != counts[0]) or not stacked:
         return _looped(policies, task_of_env, gens)
     stack, k = StackedGaussian(list(policies)), int(counts[0])
 
