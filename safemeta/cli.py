@@ -36,6 +36,17 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("envs", help="task suites, their task parameters and limits")
 
+    f = sub.add_parser("reference", help="the unconstrained reference of a suite and preset: `safemeta` "
+                       "with the limit lifted, stored in safemeta/references.json for every report")
+    f.add_argument("--env", required=True, help="suite id")
+    f.add_argument("--preset", default="quick", help="quick | paper")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", default=None, help="run directory "
+                   "(default runs/reference-<env>-<preset>-s<seed>)")
+    f.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field (a reference for other settings than the preset's)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     t = sub.add_parser("train", help="meta-train an algorithm on a suite, then meta-test")
     t.add_argument("--env", required=True, help="suite id (see `safemeta envs`)")
     t.add_argument("--algo", default="safemeta", help="algorithm id")
@@ -178,7 +189,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _bench(args)
     if args.command == "render":
         return _render(args)
+    if args.command == "reference":
+        return _reference(args)
     return _train(args)
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from safemeta.experiment import reference
+    from safemeta.experiment.metrics import read_rows
+    from safemeta.experiment.runner import Run, RunSpec, resolve
+
+    out = args.out or os.path.join("runs", f"reference-{args.env}-{args.preset}-s{args.seed}")
+    sets = C.parse_overrides(args.sets)
+    spec = RunSpec(env=args.env, algo="safemeta", preset=args.preset, out=out, resume=Path(out).exists(),
+                   overrides={**sets, "seed": args.seed, "cost_limit": reference.LIFTED})
+    r = resolve(spec)
+    if not Run(r).train(progress=not args.no_progress):
+        return 0  # interrupted: rerun the same command to continue
+    entry = reference.summarize(read_rows(r.out / "metrics.csv"))
+    command = " ".join([f"safemeta reference --env {args.env} --preset {args.preset} --seed {args.seed}",
+                        *(f"--set {k}={v}" for k, v in sets.items())])
+    reference.store(args.env, args.preset, {**entry, "command": command})
+    print(f"unconstrained reference of {args.env} ({args.preset}): meta-test reward {entry['reward']:.4g}, "
+          f"mean cost {entry['cost_mean']:.4g}, max cost {entry['cost_max']:.4g}; stored in {reference.PATH}")
+    return 0
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -111,6 +111,9 @@ class GaussianConfig(CommonConfig):
     critic_epochs: int = param(5, "mlp critic: epochs per fit", low=1, high=10**4)
     eval_episodes: int = param(10, "fresh evaluation episodes per task (validation, meta-test steps)",
                                low=1, high=10_000)
+    cost_limit: float | None = param(
+        None, "the limit d instead of the suite's (all constraints); `safemeta reference` lifts it",
+        low=0, high=1e15)
     eval_max_episodes: int = param(
         0, "meta-test: evaluate a policy in batches of eval_episodes until its task's 95% cost interval "
         "excludes the limit or is within eval_rel_width·d, up to this many episodes (exploration "

@@ -114,3 +114,32 @@ def test_the_unconstrained_reference_is_stored_and_drawn(tmp_path) -> None:  # t
     data = curves_png(test, "step", tmp_path / "t.png", "meta-test", reference=entry)
     assert data["meta-test: reward"]["lines"]["unconstrained learner (limit lifted)"] == [31.5, 31.5]
     assert data["meta-test: cost"]["lines"]["unconstrained learner (limit lifted): mean"] == [52.0, 52.0]
+
+
+def test_safemeta_reference_trains_with_the_limit_lifted_and_stores_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`safemeta reference` runs safemeta with cost_limit lifted, stores the meta-test's last
+    step, and a normal run's report of that suite and preset then quotes it."""
+    import yaml
+
+    from safemeta.cli import main
+    from safemeta.experiment import reference
+    from safemeta.experiment.metrics import read_rows
+
+    monkeypatch.setattr(reference, "PATH", tmp_path / "references.json")
+    tiny = [f"--set={kv}" for kv in ("iterations=1", "meta_batch=2", "episodes_per_task=3", "horizon=30",
+                                    "val_tasks=1", "test_tasks=2", "test_steps=1", "eval_episodes=2")]
+    ref_dir = tmp_path / "ref"
+    assert main(["reference", "--env", "point-circle", "--out", str(ref_dir), "--no-progress", *tiny]) == 0
+    saved = yaml.safe_load((ref_dir / "config.yaml").read_text())
+    assert saved["config"]["cost_limit"] == reference.LIFTED
+    last = [r for r in read_rows(ref_dir / "metrics.csv") if r["phase"] == "meta_test"][-1]
+    assert last["cost_limit"] == reference.LIFTED
+    stored = reference.lookup("point-circle", "quick")
+    assert stored["reward"] == last["reward_mean"] and stored["cost_max"] == last["cost_max"]
+    assert "--set iterations=1" in stored["command"]
+    run = tmp_path / "run"
+    args = [a.replace("--set=", "") for a in tiny]
+    assert main(["train", "--env", "point-circle", "--out", str(run), "--no-progress",
+                 *[x for kv in args for x in ("--set", kv)]]) == 0
+    assert "Unconstrained reference" in (run / "report" / "report.md").read_text()
+    assert "Unconstrained reference" not in (ref_dir / "report" / "report.md").read_text()

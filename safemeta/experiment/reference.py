@@ -18,14 +18,14 @@ PATH = Path(__file__).resolve().parent.parent / "references.json"
 LIFTED = 1e12  # the lifted limit: no policy's episode cost reaches it
 
 
-def table(path: Path = PATH) -> dict[str, dict[str, dict[str, Any]]]:
+def table(path: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     try:
-        return json.loads(path.read_text())
+        return json.loads((path or PATH).read_text())
     except (OSError, ValueError):
         return {}
 
 
-def lookup(env: str, preset: str, path: Path = PATH) -> dict[str, Any] | None:
+def lookup(env: str, preset: str, path: Path | None = None) -> dict[str, Any] | None:
     """The stored reference of a suite and preset, or None."""
     return table(path).get(env, {}).get(preset)
 
@@ -41,8 +41,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
             "cost_mean_step0": float(first["cost_mean"]), "steps": int(last["step"])}
 
 
-def store(env: str, preset: str, entry: dict[str, Any], path: Path = PATH) -> None:
+def store(env: str, preset: str, entry: dict[str, Any], path: Path | None = None) -> None:
     """Add or replace one reference, atomically (temp file and rename)."""
+    path = path or PATH
     data = table(path)
     data.setdefault(env, {})[preset] = {**entry, "date": time.strftime("%Y-%m-%d")}
     tmp = path.with_suffix(".tmp")

@@ -102,6 +102,8 @@ def resolve(spec: RunSpec) -> Resolved:
         layers.append(C.load_yaml(spec.config_file))
     layers.append(spec.overrides)
     cfg = C.build(algo_cls.Config, *layers)
+    if getattr(cfg, "cost_limit", None) is not None:  # this run's limit instead of the suite's
+        suite.cost_limit = float(cfg.cost_limit)
     if cfg.device == "cuda":
         import torch
 
