@@ -63,6 +63,7 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
         algo.rng = np.random.default_rng(2026)  # the same learner draws for both methods
         algos[name] = algo
     first = next(iter(algos.values()))
+    episodes = first.cfg.episodes_per_task  # of the sample each step adapts on
     limit = first.cost_limit + first.relaxation()
     rng = np.random.default_rng(777)
     batch = r.cfg.meta_batch
@@ -97,14 +98,14 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
         rnd += 1
         print(f"{run_dir}: {done}/{n_tasks} tasks, {time.perf_counter() - t0:.0f} s", flush=True)
         if partial is not None:  # the numbers so far, in case the run is stopped
-            partial(summary(run_dir, r, limit, done, true_episodes, test_sets, out))
-    return summary(run_dir, r, limit, done, true_episodes, test_sets, out)
+            partial(summary(run_dir, r, limit, done, true_episodes, test_sets, out, episodes))
+    return summary(run_dir, r, limit, done, true_episodes, test_sets, out, episodes)
 
 
 def summary(run_dir: Path, r, limit, n_tasks: int, true_episodes: int, test_sets: list[str],  # type: ignore[no-untyped-def]
-            out: dict) -> dict:
+            out: dict, episodes: int) -> dict:
     res = {"run": str(run_dir), "env": r.spec.env, "test_sets": test_sets, "limit": float(limit[0]),
-           "tasks": n_tasks, "true_episodes": true_episodes, "episodes_per_task": r.cfg.episodes_per_task,
+           "tasks": n_tasks, "true_episodes": true_episodes, "episodes_per_task": episodes,
            "methods": {}}
     ref_gain = None
     for name, o in out.items():

@@ -300,6 +300,11 @@ def _test(args: argparse.Namespace) -> int:
     return 0
 
 
+# The demo's meta-test evaluates each policy until its cost interval decides, up to this
+# many episodes per task (sparse costs: 15 episodes leave most tasks undecided).
+DEMO_EVAL_MAX_EPISODES = 40
+
+
 def _demo(args: argparse.Namespace) -> int:
     from safemeta.experiment.runner import Run, RunSpec, resolve
 
@@ -307,6 +312,9 @@ def _demo(args: argparse.Namespace) -> int:
     spec = RunSpec(env=args.env, algo="safemeta", preset="quick", overrides={"seed": args.seed},
                    out=out)
     r = resolve(spec)
+    if hasattr(r.cfg, "eval_max_episodes"):  # meta-test costs decided by their 95% intervals
+        spec.overrides["eval_max_episodes"] = DEMO_EVAL_MAX_EPISODES
+        r = resolve(spec)
     print(f"safemeta demo: meta-train and meta-test `safemeta` on {args.env} (quick preset)")
     t0 = time.perf_counter()
     if not Run(r).train(progress=True):
@@ -323,7 +331,10 @@ def _print_table(path: Path) -> None:
 
     rows = [r for r in read_rows(path) if r["phase"] == "meta_test"]
     if rows:
-        print("meta-test (reward mean over tasks, max cost over tasks, limit):")
-        print(markdown_table(["step", "reward mean", "cost max", "limit", "violation rate"],
+        print("meta-test (reward mean over tasks, max cost over tasks, limit; tasks over the limit by "
+              "their estimate, by their 95% interval, possibly over; episodes per task):")
+        print(markdown_table(["step", "reward mean", "cost max", "limit", "violation rate", "over (CI)",
+                              "possibly over", "episodes"],
                              [[r["step"], r["reward_mean"], r["cost_max"], r["cost_limit"],
-                               r["violation_rate"]] for r in rows]))
+                               r["violation_rate"], r.get("n_over"), r.get("n_possibly_over"),
+                               r.get("eval_episodes_mean")] for r in rows]))
