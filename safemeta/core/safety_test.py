@@ -295,7 +295,7 @@ def adapt_tested(
             r.status, r.fraction, r.test_bound = KEPT, 0.0, own_ubs[i]
             r.test_estimate = held_i.ep_cost.mean(0) if held_i.m else np.full(len(params.bound), np.nan)
             continue
-        out = safety_test(copy.deepcopy(r.policy).to(dev), pk, held_i, own_ubs[i], params, cfg, recovering[i])
+        out = safety_test(r.policy.to(dev), pk, held_i, own_ubs[i], params, cfg, recovering[i])  # copies it
         r.status, r.fraction = out.status, out.fraction
         r.test_bound, r.test_estimate = out.bound, out.estimate
         if out.status == KEPT:

@@ -106,9 +106,11 @@ def split_jobs(
     episodes: int,
     steps: int,
     parts: int,
+    stacked: bool | None = None,
 ) -> list[tuple[slice, Job]]:
-    """The collection as at most `parts` jobs of consecutive tasks (sizes differ by at most one)."""
-    stacked = stackable(policies)
+    """The collection as at most `parts` jobs of consecutive tasks (sizes differ by at most one);
+    `stacked` as `Sampler.collect` takes it (None: `stackable` over all the tasks)."""
+    stacked = stackable(policies) if stacked is None else stacked
     bounds = np.linspace(0, len(tasks), min(parts, len(tasks)) + 1).round().astype(int)
     out = []
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
@@ -219,9 +221,7 @@ class ProcessSampler(Sampler):
     ) -> Rollout:
         if not tasks:
             return super().collect(tasks, policies, streams, episodes, steps, stacked)  # its error
-        jobs = split_jobs(tasks, policies, streams, episodes, steps, self.workers)
-        for _, job in jobs:
-            job.stacked = job.stacked if stacked is None else stacked
+        jobs = split_jobs(tasks, policies, streams, episodes, steps, self.workers, stacked)
         try:
             replies = self._run([job for _, job in jobs])
         except BaseException:  # interrupted: workers may be mid-job, so start afresh next time

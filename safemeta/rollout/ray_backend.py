@@ -129,9 +129,7 @@ class RaySampler(Sampler):
 
         if not tasks:
             return super().collect(tasks, policies, streams, episodes, steps, stacked)  # its error
-        jobs = split_jobs(tasks, policies, streams, episodes, steps, len(self.actors))
-        for _, job in jobs:
-            job.stacked = job.stacked if stacked is None else stacked
+        jobs = split_jobs(tasks, policies, streams, episodes, steps, len(self.actors), stacked)
         refs = {w: self.actors[w].collect.remote(job) for w, (_, job) in enumerate(jobs)}
         parts: dict[int, Part] = {}
         for attempt in range(RESTARTS + 1):
