@@ -133,10 +133,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _sampling_options(p: argparse.ArgumentParser) -> None:
     """Where sampling runs: run options, not config fields (a run may resume on another backend)."""
-    p.add_argument("--backend", default="local",
-                   help="local (this process; default) | process (--workers local processes) | "
+    p.add_argument("--backend", default="auto",
+                   help="auto (default: worker processes, one per core, for collections of 5,000+ "
+                        "steps) | local (this process) | process (--workers local processes) | "
                         "ray (--workers Ray actors; pip install safemeta[ray]); same numbers on each")
-    p.add_argument("--workers", type=int, default=2, help="processes or Ray actors (default 2)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes or Ray actors (default: auto one per core up to 8, else 2)")
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster to join (default $RAY_ADDRESS, else a local Ray for the run)")
 
@@ -310,7 +312,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     out = args.out or os.path.join("runs", f"demo-{args.env}-{time.strftime('%Y%m%d-%H%M%S')}")
     spec = RunSpec(env=args.env, algo="safemeta", preset="quick", overrides={"seed": args.seed},
-                   out=out)
+                   out=out, backend="auto")
     r = resolve(spec)
     if hasattr(r.cfg, "eval_max_episodes"):  # meta-test costs decided by their 95% intervals
         spec.overrides["eval_max_episodes"] = DEMO_EVAL_MAX_EPISODES

@@ -117,6 +117,43 @@ class DyingSuite(PointMassSuite):
         return DyingEnv(task, self.horizon, self.marker, self.at)
 
 
+def test_auto_samples_small_collections_here_and_large_ones_on_workers(hopper) -> None:
+    """`auto`'s sampler: a collection under `min_steps` env steps starts no worker, a
+    larger one is split over the workers; both equal the local sampler's."""
+    suite, tasks = hopper
+    pols = policies(*[s.shape[0] for s in suite.spaces()], 3, shared=True)
+    sampler = ProcessSampler(suite, HORIZON, 0.99, envs_per_task=K, workers=2, min_steps=3 * 2 * HORIZON + 1)
+    try:
+        local_and(sampler, suite, tasks, pols, episodes=2)  # 3 tasks x 2 x 40 = 240 steps < 241
+        assert sampler.pids() == [None, None]
+        local_and(sampler, suite, tasks, pols, episodes=3)  # 360 steps
+        assert all(pid is not None for pid in sampler.pids())
+    finally:
+        sampler.close()
+
+
+@pytest.mark.parametrize("cores,want", [(1, None), (2, 2), (64, 8)])
+def test_auto_backend_takes_a_worker_per_core(monkeypatch, cores: int, want: int | None) -> None:
+    """`auto`: no workers on one core, one per usable core up to AUTO_MAX_WORKERS, each
+    for collections of AUTO_MIN_STEPS steps or more; explicit --workers win."""
+    from safemeta.rollout import backends
+
+    monkeypatch.setattr(backends, "usable_cores", lambda: cores)
+    suite = safemeta.suite("hopper-vel")
+    with backends.use(backends.Backend("auto")):
+        sampler = backends.make_sampler(suite, HORIZON, 0.99, K)
+    try:
+        if want is None:
+            assert type(sampler) is Sampler
+        else:
+            assert isinstance(sampler, ProcessSampler)
+            assert (sampler.workers, sampler.min_steps) == (want, backends.AUTO_MIN_STEPS)
+    finally:
+        sampler.close()
+    assert backends.Backend("auto", workers=3).size() == 3
+    assert backends.Backend("process").size() == backends.Backend("ray").size() == 2
+
+
 def killed_worker_case(tmp_path: Path) -> tuple[DyingSuite, list[Task], list[GaussianPolicy], Path]:
     marker = tmp_path / "die"
     suite = DyingSuite(str(marker))
@@ -162,7 +199,7 @@ def final_policy(run: Path) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("local") / "run"
-    assert main(["train", *CONT, "--out", str(out)]) == 0
+    assert main(["train", *CONT, "--out", str(out), "--backend", "local"]) == 0
     return out
 
 
@@ -254,8 +291,8 @@ def test_cuda_without_cuda_is_one_line(capsys, tmp_path: Path) -> None:
     one_line_exit_2(capsys, ["train", *CONT, "--device", "cuda"], "no CUDA device is available", tmp_path)
 
 
-@pytest.mark.parametrize("args,match", [(["--backend", "mpi"], "backend: 'mpi' is unknown; accepted local, "
-                                         "process, ray"), (["--backend", "process", "--workers", "0"],
-                                                           "--workers: got 0")])
+@pytest.mark.parametrize("args,match", [(["--backend", "mpi"], "backend: 'mpi' is unknown; accepted auto, "
+                                         "local, process, ray"), (["--backend", "process", "--workers", "-1"],
+                                                                  "--workers: got -1")])
 def test_bad_backend_options_are_one_line(capsys, tmp_path: Path, args: list[str], match: str) -> None:
     one_line_exit_2(capsys, ["train", *CONT, *args], match, tmp_path)

@@ -50,7 +50,7 @@ class CompareSpec:
     out: str | None = None
     split: str = "test"  # the split of the meta-test tasks (the runs' test_split)
     backend: str = "local"  # where the runs sample (a run option: not in compare.yaml)
-    workers: int = 2
+    workers: int = 0
     ray_address: str | None = None
 
     def header(self) -> dict[str, Any]:

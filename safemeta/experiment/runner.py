@@ -65,9 +65,9 @@ class RunSpec:
     config_file: str | None = None
     out: str | None = None
     resume: bool = False
-    backend: str = "local"  # where sampling runs: local | process | ray (a run option, not saved)
+    backend: str = "local"  # where sampling runs: auto | local | process | ray (a run option, not saved)
     task_file: str | None = None  # JSON of validation/test tasks (see `read_task_file`)
-    workers: int = 2  # sampling processes or Ray actors (process, ray)
+    workers: int = 0  # sampling processes or Ray actors; 0: the backend's default
     ray_address: str | None = None  # the Ray cluster (default RAY_ADDRESS, else a local Ray)
 
     def sampling(self) -> backends.Backend:
@@ -448,11 +448,13 @@ def resume_command(r: Resolved) -> str:
 
 
 def _backend_args(spec: RunSpec) -> str:
-    """The sampling options of `spec` on a command line (none for the default)."""
-    if spec.backend == "local":
+    """The sampling options of `spec` on a command line (none for local or auto: a run
+    resumes on the command line's default, `auto`, with the same numbers)."""
+    if spec.backend in ("local", "auto") and not spec.workers:
         return ""
     address = f" --ray-address {spec.ray_address}" if spec.backend == "ray" and spec.ray_address else ""
-    return f" --backend {spec.backend} --workers {spec.workers}{address}"
+    workers = f" --workers {spec.workers}" if spec.workers else ""
+    return f" --backend {spec.backend}{workers}{address}"
 
 
 def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:

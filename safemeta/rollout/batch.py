@@ -11,7 +11,6 @@ subprocess vector envs: MuJoCo stepping dominates and the loop adds microseconds
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -19,7 +18,7 @@ import mujoco
 import numpy as np
 
 # MuJoCo's divergence warnings (bad qpos, qvel, qacc, ctrl) are contiguous in mjtWarning.
-_BAD = slice(int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADCTRL) + 1)
+_BAD = tuple(range(int(mujoco.mjtWarning.mjWARN_BADQPOS), int(mujoco.mjtWarning.mjWARN_BADCTRL) + 1))
 
 
 @dataclass
@@ -38,7 +37,10 @@ class Step:
 
 def cost_vector(info: dict, num_costs: int) -> np.ndarray:
     """info["cost"] as a (p,) array (a float when p = 1, an array when p > 1)."""
-    c = np.asarray(info.get("cost", 0.0), dtype=np.float64).reshape(-1)
+    c = info.get("cost", 0.0)
+    if num_costs == 1 and type(c) is float:  # the common case, without numpy's conversions
+        return np.array((c,))
+    c = np.asarray(c, dtype=np.float64).reshape(-1)
     if c.size != num_costs:
         raise ValueError(f"info['cost']: expected {num_costs} value(s), got {c.size}")
     return c
@@ -67,7 +69,10 @@ class BatchEnv:
         self.unstable = 0  # episodes truncated because the physics diverged
         # MuJoCo resets a diverging simulation inside mj_step and counts a warning: the
         # counters are how the sampler sees it (about a microsecond per step).
-        self._data = [getattr(env.unwrapped, "data", None) for env in envs]
+        # The warning counts are read through views kept from the start (live: MjData's own
+        # memory), summed index by index: a few microseconds less per step than a fresh view.
+        data = [getattr(env.unwrapped, "data", None) for env in envs]
+        self._warning_counts = [d.warning.number if d is not None else None for d in data]
         self._warnings = np.zeros(n, np.int64)
 
     def __len__(self) -> int:
@@ -113,40 +118,51 @@ class BatchEnv:
             unstable=np.zeros(n, bool),
         )
         clipped = np.clip(actions, self.act_low, self.act_high)
-        for e in np.flatnonzero(self.active):
+        active = np.flatnonzero(self.active)
+        diverged = []  # the simulation's own divergence warnings, env by env
+        for e in active:
             obs, r, term, trunc, info = self.envs[e].step(clipped[e])
-            self.t[e] += 1
-            self.group_steps[self.group[e]] += 1
-            cost = cost_vector(info, p)
-            obs = np.asarray(obs, np.float32).reshape(-1)
-            if self._diverged(e, obs, r, cost):
-                # MuJoCo instability: keep the last good observation, truncate, count.
-                self.unstable += 1
-                out.unstable[e] = True
-                obs, r, cost, term, trunc = self._obs[e].copy(), 0.0, np.zeros(p), False, True
-            out.reward[e], out.cost[e] = r, cost
-            out.terminated[e] = term
-            out.truncated[e] = (trunc or self.t[e] >= self.horizon) and not term
-            if term or out.truncated[e]:
-                out.final_obs[e] = obs
-                obs = self._end_episode(e, obs)
-            self._obs[e] = out.obs[e] = obs
+            out.obs[e] = np.asarray(obs, np.float32).reshape(-1)
+            out.reward[e], out.cost[e] = r, cost_vector(info, p)
+            out.terminated[e], out.truncated[e] = term, trunc
+            before, self._warnings[e] = self._warnings[e], self._sim_warnings(e)
+            if self._warnings[e] > before:
+                diverged.append(e)
+        self.t[active] += 1
+        # An env whose episode ends sees its group's steps up to itself in this lock-step
+        # (envs in order): the budget rule of an env-by-env loop.
+        steps_before = self.group_steps.copy()
+        np.add.at(self.group_steps, self.group[active], 1)
+        # Non-finite values, for the whole batch at once (a step's obs, reward or cost).
+        rows = (out.obs[active], out.reward[active, None], out.cost[active])
+        finite = np.isfinite(np.concatenate(rows, axis=1).sum(1))
+        for e in sorted({*diverged, *active[~finite].tolist()}):
+            # MuJoCo instability: keep the last good observation, truncate, count.
+            self.unstable += 1
+            out.unstable[e] = True
+            out.obs[e], out.reward[e], out.cost[e] = self._obs[e], 0.0, 0.0
+            out.terminated[e], out.truncated[e] = False, True
+        ended_by_time = out.truncated[active] | (self.t[active] >= self.horizon)
+        out.truncated[active] = ended_by_time & ~out.terminated[active]
+        for e in active[out.terminated[active] | out.truncated[active]]:
+            out.final_obs[e] = out.obs[e].copy()
+            g = self.group[e]
+            seen = steps_before[g] + np.count_nonzero(self.group[active[active <= e]] == g)
+            out.obs[e] = self._end_episode(e, out.obs[e], seen)
+        self._obs[active] = out.obs[active]
         return out
 
     def _sim_warnings(self, e: int) -> int:
-        data = self._data[e]
-        return int(data.warning.number[_BAD].sum()) if data is not None else 0
+        counts = self._warning_counts[e]
+        return sum(int(counts[i]) for i in _BAD) if counts is not None else 0
 
-    def _diverged(self, e: int, obs: np.ndarray, reward: float, cost: np.ndarray) -> bool:
-        before, self._warnings[e] = self._warnings[e], self._sim_warnings(e)
-        finite = math.isfinite(float(obs.sum()) + float(reward) + float(cost.sum()))
-        return self._warnings[e] > before or not finite
-
-    def _end_episode(self, e: int, obs: np.ndarray) -> np.ndarray:
+    def _end_episode(self, e: int, obs: np.ndarray, group_steps: int) -> np.ndarray:
+        """Env e's episode ended, its group having taken `group_steps` steps: reset it for
+        another episode (its quota, or its group's step budget, not yet met), else idle."""
         self.remaining[e] -= 1
         self.t[e] = 0
         g = self.group[e]
-        more = self.remaining[e] > 0 if self.budget is None else self.group_steps[g] < self.budget[g]
+        more = self.remaining[e] > 0 if self.budget is None else group_steps < self.budget[g]
         if more:
             return self._reset(e)
         self.active[e] = False

@@ -184,7 +184,10 @@ class ProcessSampler(Sampler):
         pool_capacity: int = 256,
         workers: int = 2,
         start_method: str = "spawn",
+        min_steps: int = 0,
     ) -> None:
+        """`min_steps`: a collection expected to take fewer env steps than this is sampled
+        in this process (same numbers), so small collections never wait for workers."""
         super().__init__(suite, horizon, gamma, envs_per_task, pool_capacity)
         self.args = SamplerArgs(suite, horizon, gamma, envs_per_task, pool_capacity)
         try:  # what each worker is started with: refuse now rather than at the first collection
@@ -192,7 +195,7 @@ class ProcessSampler(Sampler):
         except (pickle.PicklingError, TypeError, AttributeError) as e:
             raise ConfigError(f"backend: suite {getattr(suite, 'id', suite)!r} cannot be sent to worker "
                               f"processes ({e}); use --backend local") from None
-        self.workers = workers
+        self.workers, self.min_steps = workers, min_steps
         self._ctx = mp.get_context(start_method)
         self._procs: list[tuple[Any, Connection] | None] = [None] * workers
 
@@ -219,11 +222,12 @@ class ProcessSampler(Sampler):
         steps: int = 0,
         stacked: bool | None = None,
     ) -> Rollout:
-        if not tasks:
-            return super().collect(tasks, policies, streams, episodes, steps, stacked)  # its error
+        size = len(tasks) * (steps if steps > 0 else episodes * self.horizon)
+        if not tasks or size < self.min_steps:  # no tasks: the local sampler's error
+            return super().collect(tasks, policies, streams, episodes, steps, stacked)
         jobs = split_jobs(tasks, policies, streams, episodes, steps, self.workers, stacked)
         try:
-            replies = self._run([job for _, job in jobs])
+            replies = self._run_jobs([job for _, job in jobs])
         except BaseException:  # interrupted: workers may be mid-job, so start afresh next time
             for w in range(self.workers):
                 self._stop(w, kill=True)
@@ -233,7 +237,7 @@ class ProcessSampler(Sampler):
             raise errors[0]
         return finish(streams, [(where, result) for (where, _), (_, result) in zip(jobs, replies)])
 
-    def _run(self, jobs: list[Job]) -> list[tuple[str, Any]]:
+    def _run_jobs(self, jobs: list[Job]) -> list[tuple[str, Any]]:
         """Worker w runs jobs[w]; a worker that dies is started again and runs it again."""
         replies: dict[int, tuple[str, Any]] = {}
         pending = list(range(len(jobs)))
