@@ -64,8 +64,8 @@ class Algorithm(abc.ABC):
 
     @classmethod
     def presets(cls, suite_id: str) -> dict[str, dict[str, Any]]:
-        """Preset name -> config overrides for `suite_id` (at least "quick" and "paper")."""
-        return {"quick": {}, "paper": {}}
+        """Preset name -> config overrides for `suite_id` (quick, medium and paper)."""
+        return {"quick": {}, "medium": {}, "paper": {}}
 
     @abc.abstractmethod
     def train_iteration(self, iteration: int) -> MetricRow: ...

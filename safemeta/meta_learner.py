@@ -203,6 +203,22 @@ class MetaLearner(Algorithm):
             test_steps=3,
             checkpoint_every=10,
         )
+        # About 30 minutes on the 2-core development machine (issue 14): 5x quick's
+        # iterations on twice its episodes, and a meta-test whose costs are near-true (each
+        # task's policy evaluated until its 95% interval decides, up to 100 episodes).
+        medium = dict(
+            iterations=200,
+            init_log_std=-0.5 if nav else -1.0,
+            meta_batch=10,
+            episodes_per_task=20,
+            val_tasks=10,
+            eval_every=10,
+            eval_episodes=10,
+            eval_max_episodes=100,
+            test_tasks=10,
+            test_steps=3,
+            checkpoint_every=10,
+        )
         paper = dict(
             init_log_std=-0.5 if nav else -1.0,
             iterations=300 if nav else 500,
@@ -222,7 +238,7 @@ class MetaLearner(Algorithm):
             test_steps=20,
             checkpoint_every=10,
         )
-        return {"quick": quick, "paper": paper}
+        return {"quick": quick, "medium": medium, "paper": paper}
 
     # ---- the two hooks ---------------------------------------------------------------
     @abc.abstractmethod
@@ -435,7 +451,8 @@ class MetaLearner(Algorithm):
         costs = np.stack([np.concatenate([pc[t]["cost"] for pc in per_chunk]) for t in range(steps + 1)])
         over = np.any(costs > self.cost_limit, axis=2)  # (steps + 1, tasks): the estimate over d at step t
         cis = [[ci for pc in per_chunk for ci in pc[t]["ci"]] for t in range(steps + 1)]
-        self.meta_test_tasks = recovery(costs, over, self.cost_limit, cis)
+        status = [[s for pc in per_chunk for s in pc[t]["status"]] for t in range(steps)]
+        self.meta_test_tasks = recovery(costs, over, self.cost_limit, cis, status)
         limit = float(self.cost_limit[0])
         for t in range(steps + 1):
             rec = [pc[t] for pc in per_chunk]
@@ -488,7 +505,8 @@ class MetaLearner(Algorithm):
                 elapsed += time.perf_counter() - t0
                 episodes = [np.concatenate([e, self._episode_costs(data, i)]) for i, e in enumerate(episodes)]
                 rec.update(explore=data.cost_return(self.cost_type), env_steps=len(ev.obs) + len(data.obs),
-                           data_steps=len(data.obs), **self.step_log(current))
+                           data_steps=len(data.obs), **self.step_log(current),
+                           status=[step_status(a.log) for a in current])
             rec["env_steps"] += self._evaluate_until_decided(tasks, policy_t, t, first, episodes, returns)
             rec["reward"] = np.array([r.mean() for r in returns])
             rec["cost"] = np.stack([e.mean(0) for e in episodes])
@@ -551,12 +569,24 @@ class MetaLearner(Algorithm):
         self.sampler.close()
 
 
+def step_status(log: dict[str, float]) -> str | None:
+    """What a task's adaptation step did, from its step columns: "accepted", "backed off"
+    or "kept" (π_k itself), with " (recovering)" when π_k was over the limit on its own
+    data; None for an algorithm whose step logs none of them."""
+    for key, name in (("n_accepted", "accepted"), ("n_backed_off", "backed off"), ("n_kept", "kept")):
+        if log.get(key):
+            return name + (" (recovering)" if log.get("n_recovering") else "")
+    return None
+
+
 def recovery(costs: np.ndarray, over: np.ndarray, limit: np.ndarray,
-             cis: list[list[CostInterval]]) -> list[dict[str, Any]]:
+             cis: list[list[CostInterval]], status: list[list[str | None]] | None = None,
+             ) -> list[dict[str, Any]]:
     """Per meta-test task: its cost (constraint 0) at every step with the 95% interval and
-    the episodes behind it, whether the meta-policy's estimate started over the limit, and
-    the first step at which it was back under (None: not recovered within the meta-test).
-    `costs` (steps + 1, tasks, p), `over` (steps + 1, tasks), `cis[t][i]`."""
+    the episodes behind it, what each adaptation step did (`step_status`; step t made
+    π^{t+1}), whether the meta-policy's estimate started over the limit, and the first
+    step at which it was back under (None: not recovered within the meta-test).
+    `costs` (steps + 1, tasks, p), `over` (steps + 1, tasks), `cis[t][i]`, `status[t][i]`."""
     out = []
     for i in range(costs.shape[1]):
         under = np.flatnonzero(~over[:, i])
@@ -566,6 +596,7 @@ def recovery(costs: np.ndarray, over: np.ndarray, limit: np.ndarray,
             "cost_low": [float(cis[t][i].low) for t in range(len(cis))],
             "cost_high": [float(cis[t][i].high) for t in range(len(cis))],
             "episodes": [cis[t][i].episodes for t in range(len(cis))],
+            "adaptation": [status[t][i] for t in range(len(status))] if status is not None else [],
             "limit": float(limit[0]),
             "started_over": bool(over[0, i]),
             "back_under_at": None if not over[0, i] else (int(under[0]) if under.size else None),

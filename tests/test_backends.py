@@ -118,13 +118,14 @@ class DyingSuite(PointMassSuite):
 
 
 def test_auto_samples_small_collections_here_and_large_ones_on_workers(hopper) -> None:
-    """`auto`'s sampler: a collection under `min_steps` env steps starts no worker, a
-    larger one is split over the workers; both equal the local sampler's."""
+    """`auto`'s sampler: a collection under `min_steps` env steps, or of one task, starts no
+    worker; a larger one is split over the workers; all equal the local sampler's."""
     suite, tasks = hopper
     pols = policies(*[s.shape[0] for s in suite.spaces()], 3, shared=True)
     sampler = ProcessSampler(suite, HORIZON, 0.99, envs_per_task=K, workers=2, min_steps=3 * 2 * HORIZON + 1)
     try:
         local_and(sampler, suite, tasks, pols, episodes=2)  # 3 tasks x 2 x 40 = 240 steps < 241
+        local_and(sampler, suite, tasks[:1], pols[:1], episodes=7)  # 280 steps, but one task
         assert sampler.pids() == [None, None]
         local_and(sampler, suite, tasks, pols, episodes=3)  # 360 steps
         assert all(pid is not None for pid in sampler.pids())

@@ -362,7 +362,8 @@ def test_configs_are_bounded_and_presets_share_the_budgets(cls: type[MetaLearner
             assert f.metadata.get("low") is not None and f.metadata.get("high") is not None, f.name
     for suite_id in ("halfcheetah-vel", "point-circle"):
         ours, base = cls.presets(suite_id), MetaLearner.presets(suite_id)
-        for name in ("quick", "paper"):
+        assert set(ours) == {"quick", "medium", "paper"}
+        for name in ("quick", "medium", "paper"):
             build(cls.Config, ours[name])
             expected = {**base[name], "iterations": 0} if cls is PPOLag else base[name]
             assert ours[name] == expected

@@ -255,7 +255,10 @@ def test_recovery_by_task_and_the_report_table(tmp_path) -> None:  # type: ignor
     costs = np.array([[30.0, 10.0, 40.0], [27.0, 12.0, 41.0], [20.0, 9.0, 39.0]])[:, :, None]  # step, task, p
     over_ = costs[:, :, 0] > 25.0
     cis = [[interval(np.array([c, c])) for c in row[:, 0]] for row in costs]
-    tasks = recovery(costs, over_, np.array([25.0]), cis)
+    status = [["kept (recovering)", "accepted", "kept (recovering)"], ["accepted (recovering)", "kept", None]]
+    tasks = recovery(costs, over_, np.array([25.0]), cis, status)
+    assert [t["adaptation"] for t in tasks] == [["kept (recovering)", "accepted (recovering)"],
+                                                ["accepted", "kept"], ["kept (recovering)", None]]
     assert [t["started_over"] for t in tasks] == [True, False, True]
     assert [t["back_under_at"] for t in tasks] == [2, None, None]
     (tmp_path / "meta_test_tasks.json").write_text(json.dumps(tasks))
@@ -263,6 +266,17 @@ def test_recovery_by_task_and_the_report_table(tmp_path) -> None:  # type: ignor
             for t in range(3)]
     text = "\n".join(adaptation_section(rows, tmp_path / "meta_test_tasks.json"))
     assert "2 task(s) started over the limit" in text
-    assert "| 0 | 30 | 25 | 2 | 30 -> 27 -> 20 |" in text
-    assert "| 2 | 40 | 25 | not recovered | 40 -> 41 -> 39 |" in text
+    assert "| 0 | 30 | 25 | 2 | 30 -> 27 -> 20 | kept (recovering), accepted (recovering) |" in text
+    assert "| 2 | 40 | 25 | not recovered | 40 -> 41 -> 39 | kept (recovering), - |" in text
     assert text.count("\n| 0 | 1 | 0 | 2 | 2 | 2 |") == 1  # the per-step counts (the last step has none)
+
+
+def test_step_status_names_what_the_step_did() -> None:
+    from safemeta.meta_learner import step_status
+
+    accepted = {"n_accepted": 1.0, "n_backed_off": 0.0, "n_kept": 0.0, "n_recovering": 0.0}
+    assert step_status(accepted) == "accepted"
+    assert step_status({"n_accepted": 0.0, "n_backed_off": 1.0, "n_kept": 0.0, "n_recovering": 1.0}) == \
+        "backed off (recovering)"
+    assert step_status({"n_accepted": 0.0, "n_backed_off": 0.0, "n_kept": 1.0, "n_recovering": 0.0}) == "kept"
+    assert step_status({"kl": 0.01}) is None  # an algorithm without the safety test's columns

@@ -208,11 +208,12 @@ def adaptation_section(test: list[dict[str, Any]], tasks_json: Path) -> list[str
         if started:
             rows = [[t["task"], t["cost"][0], t["limit"],
                      "not recovered" if t["back_under_at"] is None else t["back_under_at"],
-                     " -> ".join(_num(c) for c in t["cost"])] for t in started]
+                     " -> ".join(_num(c) for c in t["cost"]),
+                     ", ".join(a or "-" for a in t.get("adaptation", [])) or "-"] for t in started]
             parts += [f"**Recovery**: {len(started)} task(s) started over the limit; the step at which "
-                      "each was back under:", "",
-                      markdown_table(["task", "step-0 cost", "limit", "back under at step", "cost by step"],
-                                     rows),
+                      "each was back under, and what each adaptation step did:", "",
+                      markdown_table(["task", "step-0 cost", "limit", "back under at step", "cost by step",
+                                      "adaptation steps"], rows),
                       ""]
         else:
             parts += ["**Recovery**: no task started over the limit.", ""]

@@ -40,7 +40,7 @@ from safemeta.experiment.render import report_video
 from safemeta.experiment.report import write_report
 from safemeta.rollout import backends
 
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "medium", "paper")
 
 
 class RunError(RuntimeError):
@@ -448,9 +448,9 @@ def resume_command(r: Resolved) -> str:
 
 
 def _backend_args(spec: RunSpec) -> str:
-    """The sampling options of `spec` on a command line (none for local or auto: a run
-    resumes on the command line's default, `auto`, with the same numbers)."""
-    if spec.backend in ("local", "auto") and not spec.workers:
+    """The sampling options of `spec` on a command line (none for the command line's
+    default, `auto`)."""
+    if spec.backend == "auto" and not spec.workers:
         return ""
     address = f" --ray-address {spec.ray_address}" if spec.backend == "ray" and spec.ray_address else ""
     workers = f" --workers {spec.workers}" if spec.workers else ""

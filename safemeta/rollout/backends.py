@@ -31,11 +31,19 @@ AUTO_MAX_WORKERS = 8  # `auto` starts at most this many processes (more: --backe
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity, else the machine's count)."""
+    """The cores this process may run on: its affinity (else the machine's count), at most
+    a container's CPU quota (cgroup v2 `cpu.max`, rounded up) where one is set."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 @dataclass(frozen=True)
@@ -71,10 +79,14 @@ def make_sampler(suite: Suite, horizon: int, gamma: float, envs_per_task: int = 
     """A sampler on the backend in use (see `use`)."""
     b = _current
     if b.kind == "auto" and b.size() > 1:
+        from safemeta.config import ConfigError
         from safemeta.rollout.parallel import ProcessSampler
 
-        return ProcessSampler(suite, horizon, gamma, envs_per_task, workers=b.size(),
-                              min_steps=AUTO_MIN_STEPS)
+        try:
+            return ProcessSampler(suite, horizon, gamma, envs_per_task, workers=b.size(),
+                                  min_steps=AUTO_MIN_STEPS)
+        except ConfigError:  # a suite that cannot be sent to a worker process samples here
+            pass
     if b.kind == "process":
         from safemeta.rollout.parallel import ProcessSampler
 

@@ -134,8 +134,9 @@ class BatchEnv:
         steps_before = self.group_steps.copy()
         np.add.at(self.group_steps, self.group[active], 1)
         # Non-finite values, for the whole batch at once (a step's obs, reward or cost).
-        rows = (out.obs[active], out.reward[active, None], out.cost[active])
-        finite = np.isfinite(np.concatenate(rows, axis=1).sum(1))
+        # (obs summed in float32, as a single env's check would: a huge obs overflows to inf)
+        total = out.obs[active].sum(1).astype(np.float64) + out.reward[active] + out.cost[active].sum(1)
+        finite = np.isfinite(total)
         for e in sorted({*diverged, *active[~finite].tolist()}):
             # MuJoCo instability: keep the last good observation, truncate, count.
             self.unstable += 1

@@ -186,8 +186,9 @@ class ProcessSampler(Sampler):
         start_method: str = "spawn",
         min_steps: int = 0,
     ) -> None:
-        """`min_steps`: a collection expected to take fewer env steps than this is sampled
-        in this process (same numbers), so small collections never wait for workers."""
+        """`min_steps` > 0 (`--backend auto`): a collection expected to take fewer env steps
+        than this (episodes × horizon per task), or of one task (one worker would do all of
+        it), is sampled in this process: same numbers, no waiting on workers."""
         super().__init__(suite, horizon, gamma, envs_per_task, pool_capacity)
         self.args = SamplerArgs(suite, horizon, gamma, envs_per_task, pool_capacity)
         try:  # what each worker is started with: refuse now rather than at the first collection
@@ -223,7 +224,8 @@ class ProcessSampler(Sampler):
         stacked: bool | None = None,
     ) -> Rollout:
         size = len(tasks) * (steps if steps > 0 else episodes * self.horizon)
-        if not tasks or size < self.min_steps:  # no tasks: the local sampler's error
+        small = self.min_steps > 0 and (size < self.min_steps or min(self.workers, len(tasks)) < 2)
+        if not tasks or small:  # no tasks: the local sampler's error
             return super().collect(tasks, policies, streams, episodes, steps, stacked)
         jobs = split_jobs(tasks, policies, streams, episodes, steps, self.workers, stacked)
         try:

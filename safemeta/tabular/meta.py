@@ -71,10 +71,12 @@ class TabularSafeMeta(Algorithm):
                  "test_steps": 10, "checkpoint_every": 20}
         paper = {"iterations": 300, "meta_batch": 10, "val_tasks": 10, "test_tasks": 20,
                  "test_steps": 20, "checkpoint_every": 50}
+        medium = {"iterations": 150, "meta_batch": 10, "val_tasks": 10, "test_tasks": 20,
+                  "test_steps": 10, "checkpoint_every": 50}
         if suite_id == "tabular-random":  # paper preset, seeds 0-5: margin 0.05 left π_φ above d
-            for p in (quick, paper):  # on 1 of 20 test tasks for seeds 0, 4, 5; 0.1 on none
+            for p in (quick, medium, paper):  # on 1 of 20 test tasks for seeds 0, 4, 5; 0.1 on none
                 p["meta_margin"] = 0.1
-        return {"quick": quick, "paper": paper}
+        return {"quick": quick, "medium": medium, "paper": paper}
 
     # ------------------------------------------------------------ helpers
 
