@@ -155,6 +155,23 @@ def test_auto_backend_takes_a_worker_per_core(monkeypatch, cores: int, want: int
     assert backends.Backend("process").size() == backends.Backend("ray").size() == 2
 
 
+def test_auto_counts_a_containers_cpu_quota_and_samples_unpicklable_suites_here(monkeypatch) -> None:
+    from safemeta.rollout import backends
+
+    assert backends.quota_cores("max 100000\n") is None
+    assert backends.quota_cores("200000 100000\n") == 2
+    assert backends.quota_cores("150000 100000") == 2  # 1.5 CPUs: rounded up
+    assert backends.quota_cores("50000 100000") == 1
+    assert backends.quota_cores("") is None
+    monkeypatch.setattr(backends, "usable_cores", lambda: 4)
+    suite = PointMassSuite()
+    suite.hook = lambda: None  # a lambda: the suite cannot be sent to a worker process
+    with backends.use(backends.Backend("auto")):
+        sampler = backends.make_sampler(suite, HORIZON, 0.99, K)
+    assert type(sampler) is Sampler
+    sampler.close()
+
+
 def killed_worker_case(tmp_path: Path) -> tuple[DyingSuite, list[Task], list[GaussianPolicy], Path]:
     marker = tmp_path / "die"
     suite = DyingSuite(str(marker))

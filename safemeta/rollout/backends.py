@@ -38,12 +38,21 @@ def usable_cores() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota = quota_cores(f.read())
+    except OSError:
+        quota = None
+    return cores if quota is None else min(cores, quota)
+
+
+def quota_cores(cpu_max: str) -> int | None:
+    """The CPUs a cgroup v2 `cpu.max` line ("QUOTA PERIOD", or "max PERIOD") allows, rounded
+    up; None when unlimited or unreadable."""
+    try:
+        quota, period = cpu_max.split()[:2]
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
