@@ -102,9 +102,13 @@ class DyingEnv(PointMassEnv):
         self.marker, self.at = marker, at
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        if self.t + 1 == self.at and os.path.exists(self.marker):
-            os.unlink(self.marker)
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.t + 1 == self.at:
+            try:  # the one worker that removes the marker dies (two may reach here at once)
+                os.unlink(self.marker)
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
         return super().step(action)
 
 
