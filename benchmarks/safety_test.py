@@ -17,6 +17,10 @@ policy, not the noise of a 10-episode look.
 
     python benchmarks/safety_test.py RUN_DIR [RUN_DIR ...] [--tasks 200] [--true-episodes 200]
                                      [--out results/safety_test.json] [--set KEY=VALUE ...]
+
+Resumable: with --out, every finished round is appended to OUT.rounds.jsonl, and a rerun of
+the same command skips the rounds recorded there (a round's tasks, data and learner draws
+depend only on the round's index; each round starts from the run's trained critics).
 """
 
 from __future__ import annotations
@@ -44,8 +48,23 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
+def load_rounds(path: Path | None, run_dir: Path, key: str) -> dict[int, dict]:
+    """Round index -> its recorded counts per method, for this run and settings."""
+    if path is None or not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: that round is done again
+            continue
+        if rec.get("run") == str(run_dir) and rec.get("key") == key:
+            out[int(rec["round"])] = rec["counts"]
+    return out
+
+
 def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], test_sets: list[str],
-            partial=None) -> dict:  # type: ignore[no-untyped-def]
+            partial=None, rounds_file: Path | None = None) -> dict:  # type: ignore[no-untyped-def]
     from safemeta import config as C
     from safemeta.experiment.runner import Run, load_run
     from safemeta.meta_learner import Phase
@@ -59,8 +78,6 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
         root = np.random.SeedSequence(cfg.seed)
         task_seq, algo_seq = root.spawn(2)
         algo = r.algo_cls(cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
-        algo.load_state_dict(payload["algo"])
-        algo.rng = np.random.default_rng(2026)  # the same learner draws for both methods
         algos[name] = algo
     first = next(iter(algos.values()))
     episodes = first.cfg.episodes_per_task  # of the sample each step adapts on
@@ -68,9 +85,22 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
     rng = np.random.default_rng(777)
     batch = r.cfg.meta_batch
     out = {name: dict(feasible=0, accepted=0, missed=0, kept=0, gains=[], times=[]) for name in algos}
+    key = json.dumps({"true_episodes": true_episodes, "sets": sets, "test_sets": test_sets})
+    recorded = load_rounds(rounds_file, run_dir, key)
     t0, done, rnd = time.perf_counter(), 0, 0
     while done < n_tasks:
         tasks = r.suite.sample_tasks(min(batch, n_tasks - done), rng, "train")
+        if rnd in recorded:  # measured before this rerun
+            for name, counts in recorded[rnd].items():
+                for k, v in counts.items():
+                    out[name][k] += v
+            done += len(tasks)
+            rnd += 1
+            continue
+        for algo in algos.values():  # every round from the trained critics, its own learner draws
+            algo.load_state_dict(payload["algo"])
+            algo.rng = np.random.default_rng([2026, rnd])  # the same for both methods
+        counts: dict[str, dict] = {}
         base = first.meta_policies(len(tasks))
         ev0 = first.collect(tasks, base, Phase.TEST_EVAL, 60_000 + rnd, episodes=true_episodes)
         cost0, rew0 = ev0.cost_return(first.cost_type), ev0.reward_return()
@@ -88,12 +118,15 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
                 cost[moved], rew[moved] = ev.cost_return(first.cost_type), ev.reward_return()
             acc = np.zeros(len(tasks), bool)
             acc[moved] = True
-            o = out[name]
-            o["feasible"] += int(feasible.sum())
-            o["accepted"] += int((feasible & acc).sum())
-            o["missed"] += int((feasible & acc & np.any(cost > limit, axis=1)).sum())
-            o["kept"] += int((~acc).sum())
-            o["gains"] += (rew - rew0).tolist()
+            counts[name] = {"feasible": int(feasible.sum()), "accepted": int((feasible & acc).sum()),
+                            "missed": int((feasible & acc & np.any(cost > limit, axis=1)).sum()),
+                            "kept": int((~acc).sum()), "gains": (rew - rew0).tolist(),
+                            "times": [out[name]["times"].pop()]}
+            for k, v in counts[name].items():
+                out[name][k] += v
+        if rounds_file is not None:
+            with rounds_file.open("a") as f:
+                f.write(json.dumps({"run": str(run_dir), "key": key, "round": rnd, "counts": counts}) + "\n")
         done += len(tasks)
         rnd += 1
         print(f"{run_dir}: {done}/{n_tasks} tasks, {time.perf_counter() - t0:.0f} s", flush=True)
@@ -157,7 +190,8 @@ def main() -> None:
             args.out.write_text(json.dumps(results + ([current] if current else []), indent=1))
 
     for run in args.run_dirs:
-        results.append(measure(run, args.tasks, args.true_episodes, args.sets, args.test_sets, save))
+        rounds = args.out.with_suffix(".rounds.jsonl") if args.out else None
+        results.append(measure(run, args.tasks, args.true_episodes, args.sets, args.test_sets, save, rounds))
         save()
     print()
     print(table(results))
