@@ -82,7 +82,7 @@ class CarCircleTask(CircleTask):
             raise ValueError(f"hazards: got {len(self.hazards)}; accepted at most {MAX_HAZARDS}")
         for h in self.hazards:
             if len(h) != 2 or not all(math.isfinite(c) for c in h):
-                raise ValueError(f"hazards: each must be a finite (x, y); got {h}")
+                raise ValueError(f"hazards: each must be a finite (x, y); got {h!r}")
             if math.hypot(*h) > self.radius + 1.0:
                 raise ValueError(f"hazards: {h} lies outside the arena (|p| ≤ radius + 1)")
 
