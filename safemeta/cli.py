@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("reference", help="the unconstrained reference of a suite and preset: `safemeta` "
                        "with the limit lifted, stored in safemeta/references.json for every report")
     f.add_argument("--env", required=True, help="suite id")
-    f.add_argument("--preset", default="quick", help="quick | medium | paper")
+    f.add_argument("--preset", default="quick", help=" | ".join(C.PRESETS))
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", default=None, help="run directory "
                    "(default runs/reference-<env>-<preset>-s<seed>)")
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="meta-train an algorithm on a suite, then meta-test")
     t.add_argument("--env", required=True, help="suite id (see `safemeta envs`)")
     t.add_argument("--algo", default="safemeta", help="algorithm id")
-    t.add_argument("--preset", default="quick", help="quick | medium | paper")
+    t.add_argument("--preset", default="quick", help=" | ".join(C.PRESETS))
     t.add_argument("--seed", type=int, default=None, help="root seed (same as --set seed=N)")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field (repeatable)")
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--env", required=True, help="suite id (see `safemeta envs`)")
     c.add_argument("--algos", required=True, help="comma-separated algorithm ids, e.g. safemeta,meta-cpo")
     c.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 per algorithm (default 3)")
-    c.add_argument("--preset", default="quick", help="quick | medium | paper")
+    c.add_argument("--preset", default="quick", help=" | ".join(C.PRESETS))
     c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field of every algorithm (repeatable)")
     c.add_argument("--split", default="test", choices=("test", "ood"),
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                        "interleaved and repeated")
     b.add_argument("--env", default="halfcheetah-vel", help="suite id (default halfcheetah-vel)")
     b.add_argument("--algos", default=None, help="comma-separated ids (default: every algorithm)")
-    b.add_argument("--preset", default="quick", help="quick | medium | paper")
+    b.add_argument("--preset", default="quick", help=" | ".join(C.PRESETS))
     b.add_argument("--repeats", type=int, default=3, help="repetitions (medians are reported)")
     b.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field of every algorithm (repeatable)")

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import yaml
 
+PRESETS = ("quick", "medium", "paper")  # every algorithm defines each (`Algorithm.presets`)
+
 
 class ConfigError(ValueError):
     """A user error in the configuration: the message is one line for the user."""

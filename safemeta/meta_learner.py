@@ -206,19 +206,8 @@ class MetaLearner(Algorithm):
         # About 30 minutes on the 2-core development machine (issue 14): 5x quick's
         # iterations on twice its episodes, and a meta-test whose costs are near-true (each
         # task's policy evaluated until its 95% interval decides, up to 100 episodes).
-        medium = dict(
-            iterations=200,
-            init_log_std=-0.5 if nav else -1.0,
-            meta_batch=10,
-            episodes_per_task=20,
-            val_tasks=10,
-            eval_every=10,
-            eval_episodes=10,
-            eval_max_episodes=100,
-            test_tasks=10,
-            test_steps=3,
-            checkpoint_every=10,
-        )
+        medium = {**quick, "iterations": 200, "episodes_per_task": 20, "val_tasks": 10, "eval_every": 10,
+                  "eval_episodes": 10, "eval_max_episodes": 100, "test_tasks": 10}
         paper = dict(
             init_log_std=-0.5 if nav else -1.0,
             iterations=300 if nav else 500,

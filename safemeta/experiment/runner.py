@@ -40,8 +40,6 @@ from safemeta.experiment.render import report_video
 from safemeta.experiment.report import write_report
 from safemeta.rollout import backends
 
-PRESETS = ("quick", "medium", "paper")
-
 
 class RunError(RuntimeError):
     """A run cannot go on; the message is one line for the user."""
@@ -90,8 +88,8 @@ class Resolved:
 def resolve(spec: RunSpec) -> Resolved:
     """Validate everything before any work: raises ConfigError with one line."""
     backends.check(spec.sampling())
-    if spec.preset not in PRESETS:
-        raise C.ConfigError(f"preset: got {spec.preset!r}; accepted {', '.join(PRESETS)}")
+    if spec.preset not in C.PRESETS:
+        raise C.ConfigError(f"preset: got {spec.preset!r}; accepted {', '.join(C.PRESETS)}")
     try:
         suite = make_suite(spec.env)
     except ValueError as e:
