@@ -21,6 +21,7 @@ import numpy as np
 
 from safemeta.config import ConfigError, GaussianConfig, param
 from safemeta.core.adaptation import AdaptParams, AdaptResult, adapt_batch
+from safemeta.core.fallback import mixture_weight
 from safemeta.core.safety_test import ACCEPTED, BACKED_OFF, KEPT, adapt_tested, split_episodes
 from safemeta.core.theory import theory_params
 from safemeta.envs.base import Suite, Task
@@ -123,7 +124,18 @@ class SafeMetaConfig(GaussianConfig):
         0.0, "safety_test=bernstein: the range b of the per-episode cost surrogate (e.g. the horizon "
         "for a 0/1 cost); required there", low=0, high=1e12)
 
+    fallback: str = param(
+        "off",
+        "meta-test: where the policy handed out has a cost bound over d + δ, mix it per episode "
+        "with the suite's known-safe policy so that the mixture's bound is d + δ (Ni & Kamgarpour, "
+        "ICML 2026; core/fallback.py): 'known_safe', or 'off'",
+        choices=("off", "known_safe"),
+    )
+
     def check(self) -> None:
+        if self.fallback != "off" and self.safety_test == "off":
+            raise ConfigError("fallback: got 'known_safe' with safety_test=off; accepted with the held-out "
+                              "safety test (safety_test t or bernstein), whose bound the mixture needs")
         if self.safety_test != "off" and self.steps_per_task == 0 and self.episodes_per_task < 3:
             raise ConfigError(f"episodes_per_task: got {self.episodes_per_task} with safety_test="
                               f"{self.safety_test}; accepted >= 3 (the test holds episodes out), or "
@@ -156,7 +168,8 @@ class SafeMeta(MetaLearner):
     id = "safemeta"
     Config = SafeMetaConfig
     step_columns = ("u_mean", "eta", "kl", "dual_kl", "surrogate_cost", "backoffs", "accept_rate",
-                    "n_accepted", "n_backed_off", "n_kept", "n_recovering", "test_bound", "test_estimate")
+                    "n_accepted", "n_backed_off", "n_kept", "n_recovering", "test_bound", "test_estimate",
+                    "n_mixed", "mix_beta")
     subphases = ("t_dual", "t_projection")
     own_columns = ("n_switch", "n_missed", "outer_cost_step", "outer_accepted", "outer_kl")
     cfg: SafeMetaConfig
@@ -166,6 +179,10 @@ class SafeMeta(MetaLearner):
     ) -> None:
         super().__init__(cfg, suite, tasks, seed)
         self.params = cfg.adapt_params(self.num_costs, self.cost_limit, self.cost_type)
+        some = [t for split in tasks.values() for t in split[:1]]
+        if cfg.fallback != "off" and some and suite.known_safe(some[0]) is None:
+            raise ConfigError(f"fallback: got 'known_safe' on suite {suite.id!r}, which knows no safe policy; "
+                              f"accepted fallback=off there (suites with one: {', '.join(known_safe_suites())})")
 
     def relaxation(self) -> np.ndarray:
         return self.params.delta
@@ -184,7 +201,27 @@ class SafeMeta(MetaLearner):
         for r in results:
             for k, v in r.times.items():
                 self.timer.add(k, v)
-        return [TaskPolicy(r.policy, _step_log(r)) for r in results]
+        return [TaskPolicy(r.policy, _step_log(r), {"bound": r.handed_bound}) for r in results]
+
+    def hand_out(self, tasks: list[Task], adapted: list[TaskPolicy]) -> list[TaskPolicy]:
+        """`fallback = known_safe`: a policy whose bound exceeds d + δ goes out as the mixture
+        with the task's known-safe policy (`core/fallback.py`); the others as they are."""
+        if self.cfg.fallback == "off":
+            return adapted
+        out = []
+        for task, a in zip(tasks, adapted):
+            safe = self.suite.known_safe(task)
+            if safe is None:
+                raise ConfigError(f"fallback: suite {self.suite.id!r} knows no safe policy for task {task}; "
+                                  "accepted fallback=off there")
+            bound = a.state.get("bound")
+            beta = mixture_weight(np.inf if bound is None else bound, safe.cost_bound, self.params.bound)
+            state = {k: v for k, v in a.state.items() if k != "mix"}
+            log = {**a.log, "n_mixed": float(beta < 1.0), "mix_beta": beta if beta < 1.0 else None}
+            if beta < 1.0:
+                state["mix"] = (beta, safe)
+            out.append(TaskPolicy(a.policy, log, state))
+        return out
 
     # ---- the meta-step (SPEC §2.6 step 3) ------------------------------------------------
     def meta_step(self, pre: Rollout, post: Rollout, adapted: list[TaskPolicy]) -> dict[str, Any]:
@@ -255,4 +292,21 @@ def _step_log(r: AdaptResult) -> dict[str, float]:
         "surrogate_cost": float(r.surrogate[0]),
         "backoffs": float(r.backoffs),
         "accept_rate": float(r.accepted),
+        "n_mixed": 0.0,  # set by `SafeMeta.hand_out` with fallback=known_safe
+        "mix_beta": None,
     }
+
+
+def known_safe_suites() -> list[str]:
+    """The built-in suites whose (default) tasks have a known-safe policy."""
+    from safemeta.envs import registry
+
+    out = []
+    for sid in registry.suite_ids():
+        try:
+            suite = registry.suite(sid)
+            if suite.family == "continuous" and suite.known_safe(suite.sample_tasks(1, np.random.default_rng(0))[0]):
+                out.append(sid)
+        except Exception:  # noqa: BLE001 - a plugin that cannot build is not listed
+            continue
+    return out
