@@ -269,6 +269,7 @@ class MetaLearner(Algorithm):
         first: int = 0,
         episodes: int | None = None,
         index: Sequence[int] | None = None,
+        timer: str | None = None,
     ) -> Rollout:
         """`current[i]` acting on task i: the data budget (`steps_per_task` steps in whole
         episodes, else `episodes_per_task` episodes), or `episodes` evaluation episodes.
@@ -278,7 +279,7 @@ class MetaLearner(Algorithm):
         keys = [first + i for i in range(len(tasks))] if index is None else list(index)
         streams = [TaskStream.of(self._stream_root, (phase, counter, k)) for k in keys]
         policies = [p.policy for p in current]
-        with self.timer("t_sampling" if episodes is None else "t_eval"):  # data, or evaluation
+        with self.timer(timer or ("t_sampling" if episodes is None else "t_eval")):  # data, or evaluation
             if episodes is None and c.steps_per_task > 0:
                 return self.sampler.collect(tasks, policies, streams, steps=c.steps_per_task)
             return self.sampler.collect(tasks, policies, streams, episodes=episodes or c.episodes_per_task)
@@ -563,9 +564,10 @@ class MetaLearner(Algorithm):
             with self.timer("t_adapt"):
                 for i, a in zip(have, self.adapt(sub, [current[i] for i in have])):
                     out[i] = a
-        idle = {k: 1.0 if k == "n_kept" else 0.0 if k.startswith("n_") else None for k in self.step_columns}
-        for i in set(range(len(current))) - set(have):
-            out[i] = TaskPolicy(current[i].policy, dict(idle), dict(current[i].state))
+        for i in [i for i in range(len(current)) if i not in have]:
+            idle = {k: 1.0 if k == "n_kept" else current[i].log.get(k, 0.0) if k == "n_recovering"
+                    else 0.0 if k.startswith("n_") else None for k in self.step_columns}
+            out[i] = TaskPolicy(current[i].policy, idle, dict(current[i].state))
         return out
 
     def _collect_mixed(self, tasks: list[Task], current: Sequence[TaskPolicy], phase: Phase, counter: int,
@@ -574,23 +576,34 @@ class MetaLearner(Algorithm):
         """`collect`, where a task acting with a mixture (β, known-safe) runs K ~ Binomial(N, β)
         episodes of its own policy and N − K of the known-safe one (the same law as choosing
         per episode; K from the task's own stream). N: `episodes`, else the data budget in
-        episodes (a step budget rounded up to whole episodes of the horizon)."""
+        episodes: with a step budget ⌈steps_per_task / horizon⌉ (a plain task's budget may
+        run more episodes, where episodes end early or an env starts another while its task
+        is under budget)."""
         mixes = [p.state.get("mix") for p in current]
         if not any(mixes):
             roll = self.collect(tasks, current, phase, counter, first, episodes, index)
             return Collected(roll, [self._episode_costs(roll, i) for i in range(len(tasks))],
                              list(roll.ep_return), len(roll.obs))
         c = self.cfg
-        n = episodes or (-(-c.steps_per_task // self.horizon) if c.steps_per_task > 0 else c.episodes_per_task)
+        n = episodes or (-(-c.steps_per_task // self.horizon) if c.steps_per_task > 0
+                         else c.episodes_per_task)
         keys = [first + i for i in range(len(tasks))] if index is None else list(index)
-        own_n = [n if m is None else int(TaskStream.of(self._stream_root, (Phase.MIX, mix_key(phase, counter), k))
-                                          .rng.binomial(n, m[0])) for m, k in zip(mixes, keys)]
+
+        def draw(beta: float, key: int) -> int:  # how many of the N episodes the task's own policy runs
+            rng = TaskStream.of(self._stream_root, (Phase.MIX, mix_key(phase, counter), key)).rng
+            return int(rng.binomial(n, beta))
+
+        own_n = [n if m is None else draw(m[0], k) for m, k in zip(mixes, keys)]
         parts: dict[int, Rollout] = {}
         safe: dict[int, Rollout] = {}
 
-        def run(idx: list[int], pols: list[TaskPolicy], ph: Phase, ctr: int, eps: int | None, into: dict) -> None:
+        timer = "t_sampling" if phase == Phase.TEST_DATA else "t_eval"
+
+        def run(idx: list[int], pols: list[TaskPolicy], ph: Phase, ctr: int, eps: int | None,
+                into: dict) -> None:
             if idx:
-                roll = self.collect([tasks[i] for i in idx], pols, ph, ctr, episodes=eps, index=[keys[i] for i in idx])
+                roll = self.collect([tasks[i] for i in idx], pols, ph, ctr, episodes=eps,
+                                    index=[keys[i] for i in idx], timer=timer)
                 into.update({i: roll.task(j) for j, i in enumerate(idx)})
 
         plain = [i for i, m in enumerate(mixes) if m is None]
@@ -600,14 +613,14 @@ class MetaLearner(Algorithm):
             run(idx, [current[i] for i in idx], phase, counter, k, parts)
         for k in sorted({n - own_n[i] for i, m in enumerate(mixes) if m is not None} - {0}):
             idx = [i for i, m in enumerate(mixes) if m is not None and n - own_n[i] == k]
-            run(idx, [TaskPolicy(mixes[i][1].policy) for i in idx], Phase.KNOWN_SAFE, mix_key(phase, counter), k, safe)
+            known = [TaskPolicy(mixes[i][1].policy) for i in idx]
+            run(idx, known, Phase.KNOWN_SAFE, mix_key(phase, counter), k, safe)
         template = next(iter({**parts, **safe}.values()))
         none = select_episodes(template, [np.zeros(0, np.int64)])
         own = concat([parts.get(i, none) for i in range(len(tasks))])
-        costs = [np.concatenate([self._episode_costs(r, 0) for r in (parts.get(i, none), safe.get(i, none))])
-                 for i in range(len(tasks))]
-        returns = [np.concatenate([r.ep_return[0] for r in (parts.get(i, none), safe.get(i, none))])
-                   for i in range(len(tasks))]
+        both = [(parts.get(i, none), safe.get(i, none)) for i in range(len(tasks))]
+        costs = [np.concatenate([self._episode_costs(r, 0) for r in pair]) for pair in both]
+        returns = [np.concatenate([r.ep_return[0] for r in pair]) for pair in both]
         return Collected(own, costs, returns, len(own.obs) + sum(len(r.obs) for r in safe.values()))
 
     def _episode_costs(self, roll: Rollout, i: int) -> np.ndarray:

@@ -25,18 +25,25 @@ from __future__ import annotations
 import numpy as np
 
 
-def mixture_weight(bound: np.ndarray, safe_bound: np.ndarray, limit: np.ndarray) -> float:
-    """β of the mixture of a policy with cost upper bound `bound` (p,) and a known-safe one
-    with `safe_bound` (p,), so that β·bound + (1 − β)·safe_bound ≤ limit (p,) on every
-    constraint: 1 when the policy is within the limit already, 0 when the known-safe policy
-    itself is not below it (or the policy's bound is unknown, +inf)."""
-    bound, safe, limit = (np.broadcast_to(np.asarray(x, np.float64), np.shape(limit)) for x in
-                          (bound, safe_bound, limit))
-    beta = 1.0
+def mixture_weight(bound: np.ndarray, safe_bound: np.ndarray, limit: np.ndarray) -> float | None:
+    """The largest β with β·bound_j + (1 − β)·safe_bound_j ≤ limit_j on every constraint j, for
+    a policy with cost upper bound `bound` (p,) and a known-safe one with `safe_bound` (p,):
+    1 when the policy is within every limit already; None when no β is (a constraint that
+    both exceed, or whose two requirements conflict), and the policy goes out unmixed. A
+    constraint the policy exceeds caps β at (d − c)/(U − c) (0 for an unknown, infinite or
+    NaN, bound: the known-safe policy alone); one the known-safe policy exceeds needs β ≥
+    (c − d)/(c − U)."""
+    bound, safe, limit = (np.asarray(x, np.float64).reshape(-1) for x in (bound, safe_bound, limit))
+    if not bound.shape == safe.shape == limit.shape:
+        raise ValueError(f"mixture_weight: bounds of {bound.size}, {safe.size} and {limit.size} constraints; "
+                         "accepted one value per constraint for each")
+    low, high = 0.0, 1.0
     for u, c, d in zip(bound, safe, limit):
-        if u <= d:
-            continue
-        if not c < d or not np.isfinite(u):  # a NaN or infinite bound states nothing
-            return 0.0
-        beta = min(beta, (d - c) / (u - c))
-    return float(np.clip(beta, 0.0, 1.0))
+        over = not u <= d  # NaN: nothing is known
+        if over and not c < d:
+            return None
+        if over:
+            high = min(high, (d - c) / (u - c)) if np.isfinite(u) else 0.0
+        elif c > d:
+            low = max(low, (c - d) / (c - u))
+    return float(high) if low <= high else None

@@ -177,12 +177,12 @@ class SafeMeta(MetaLearner):
     def __init__(
         self, cfg: SafeMetaConfig, suite: Suite, tasks: dict[str, list[Task]], seed: np.random.SeedSequence
     ) -> None:
-        super().__init__(cfg, suite, tasks, seed)
-        self.params = cfg.adapt_params(self.num_costs, self.cost_limit, self.cost_type)
         some = [t for split in tasks.values() for t in split[:1]]
         if cfg.fallback != "off" and some and suite.known_safe(some[0]) is None:
-            raise ConfigError(f"fallback: got 'known_safe' on suite {suite.id!r}, which knows no safe policy; "
-                              f"accepted fallback=off there (suites with one: {', '.join(known_safe_suites())})")
+            raise ConfigError(f"fallback: got 'known_safe' on suite {suite.id!r}, which knows no safe policy "
+                              "for its tasks (Suite.known_safe); accepted fallback=off there")
+        super().__init__(cfg, suite, tasks, seed)
+        self.params = cfg.adapt_params(self.num_costs, self.cost_limit, self.cost_type)
 
     def relaxation(self) -> np.ndarray:
         return self.params.delta
@@ -201,7 +201,17 @@ class SafeMeta(MetaLearner):
         for r in results:
             for k, v in r.times.items():
                 self.timer.add(k, v)
-        return [TaskPolicy(r.policy, _step_log(r), {"bound": r.handed_bound}) for r in results]
+        return [TaskPolicy(r.policy, _step_log(r), self._bound_state(r, c, len(costs)))
+                for r, c, costs in zip(results, current, data.ep_cost)]
+
+    @staticmethod
+    def _bound_state(r: AdaptResult, current: TaskPolicy, episodes: int) -> dict[str, Any]:
+        """The handed-out policy's cost bound and the episodes behind it. A kept π_k keeps
+        the bound of its better-supported sample: a mixed task's own episodes may be few,
+        and which sample is used depends on the counts only, never on the costs."""
+        if r.policy is current.policy and current.state.get("bound_n", 0) > episodes:
+            return {"bound": current.state["bound"], "bound_n": current.state["bound_n"]}
+        return {"bound": r.handed_bound, "bound_n": episodes}
 
     def hand_out(self, tasks: list[Task], adapted: list[TaskPolicy]) -> list[TaskPolicy]:
         """`fallback = known_safe`: a policy whose bound exceeds d + δ goes out as the mixture
@@ -210,15 +220,15 @@ class SafeMeta(MetaLearner):
             return adapted
         out = []
         for task, a in zip(tasks, adapted):
-            safe = self.suite.known_safe(task)
-            if safe is None:
-                raise ConfigError(f"fallback: suite {self.suite.id!r} knows no safe policy for task {task}; "
-                                  "accepted fallback=off there")
+            safe = self.suite.known_safe(task)  # None: none known for this task (it goes out unmixed)
             bound = a.state.get("bound")
-            beta = mixture_weight(np.inf if bound is None else bound, safe.cost_bound, self.params.bound)
+            if bound is None:  # nothing measured (the meta-policy): nothing is known
+                bound = np.full(self.num_costs, np.inf)
+            beta = None if safe is None else mixture_weight(bound, safe.cost_bound, self.params.bound)
+            mixed = beta is not None and beta < 1.0
             state = {k: v for k, v in a.state.items() if k != "mix"}
-            log = {**a.log, "n_mixed": float(beta < 1.0), "mix_beta": beta if beta < 1.0 else None}
-            if beta < 1.0:
+            log = {**a.log, "n_mixed": float(mixed), "mix_beta": beta if mixed else None}
+            if mixed:
                 state["mix"] = (beta, safe)
             out.append(TaskPolicy(a.policy, log, state))
         return out
@@ -295,18 +305,3 @@ def _step_log(r: AdaptResult) -> dict[str, float]:
         "n_mixed": 0.0,  # set by `SafeMeta.hand_out` with fallback=known_safe
         "mix_beta": None,
     }
-
-
-def known_safe_suites() -> list[str]:
-    """The built-in suites whose (default) tasks have a known-safe policy."""
-    from safemeta.envs import registry
-
-    out = []
-    for sid in registry.suite_ids():
-        try:
-            suite = registry.suite(sid)
-            if suite.family == "continuous" and suite.known_safe(suite.sample_tasks(1, np.random.default_rng(0))[0]):
-                out.append(sid)
-        except Exception:  # noqa: BLE001 - a plugin that cannot build is not listed
-            continue
-    return out

@@ -17,12 +17,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
-from safemeta.nn.scripted import KnownSafe
+if TYPE_CHECKING:
+    from safemeta.nn.scripted import KnownSafe
 
 SPLITS = ("train", "test", "ood")
 TEST_SPLITS = ("test", "ood")  # what meta-test may be run on (config `test_split`)

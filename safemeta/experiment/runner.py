@@ -473,8 +473,8 @@ def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:
 
 # What `safemeta test --set` may change: how the meta-test adapts and evaluates, never what
 # was trained (networks, budgets of meta-training).
-TEST_SETTABLE = ("fallback", "safety_test", "safety_alpha", "safety_split", "safety_retests", "safety_inflate",
-                 "safety_range", "eval_episodes", "eval_max_episodes", "eval_rel_width", "test_steps")
+TEST_SETTABLE = ("fallback", "safety_test", "safety_alpha", "safety_split", "safety_retests",
+                 "safety_inflate", "safety_range", "eval_episodes", "eval_max_episodes", "eval_rel_width")
 
 
 def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None,
@@ -544,6 +544,8 @@ def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None
         source = f"{n} fresh tasks of the {split!r} split"
     else:
         source = f"the run's {n} test tasks (tasks.json; test_split {cfg.test_split!r})"
+    if overrides:
+        source += " with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
     return write_report(run_dir, f"meta-test of {run_dir} on {source}", metrics=metrics_path, out=out,
                         video=video)
 

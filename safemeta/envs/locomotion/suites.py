@@ -110,11 +110,9 @@ class LocomotionSuite(Suite):
         is exactly 0 whatever the robot does (with the velocity cost nothing is known)."""
         if self.cost != "energy":
             return None
-        if not hasattr(self, "_act_dim"):
-            env = self.make(task)
-            self._act_dim = int(env.action_space.shape[0])
-            env.close()
-        return KnownSafe(zero_action(self._act_dim), np.zeros(1), "zero action: control energy ||a||^2 = 0")
+        if not hasattr(self, "_zero"):
+            self._zero = zero_action(int(self.spaces()[1].shape[0]))
+        return KnownSafe(self._zero, np.zeros(1), "zero action: control energy ||a||^2 = 0")
 
     def split_range(self, split: str) -> tuple[float, float]:
         self.check_split(split)

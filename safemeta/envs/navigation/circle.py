@@ -185,10 +185,17 @@ def circle_reward_cost(x: float, y: float, u: float, v: float, radius: float,
     return float(reward), 1.0 if abs(x) > wall else 0.0
 
 
-# The known-safe Point controller's certificate: from any start beyond a wall it is back
-# inside within this many steps (measured worst case: 33 steps, from x = ±0.8 with the
-# nearest wall 0.55 and the heading along y; tests/test_fallback.py checks a grid of starts).
+# The known-safe Point controller's measured bound (tests/test_fallback.py checks it on a
+# grid of starts): for walls at or beyond CENTRE_WALL_MIN (the nearest wall the train and
+# test splits draw), from any start beyond a wall it is back inside within
+# CENTRE_STEPS_MAX steps (worst measured: 33, from x = ±0.8 with the wall at 0.55 and the
+# heading along y; nearer walls take longer: 41 steps at 0.40). Turning in place moves the
+# sphere's centre by a few millimetres, so a start less than CENTRE_START_MARGIN inside a
+# wall may cross it for a few steps (measured: 9 steps at 0.5 mm, none at 5 mm); such
+# starts are counted as beyond.
 CENTRE_STEPS_MAX = 40
+CENTRE_WALL_MIN = 0.55
+CENTRE_START_MARGIN = 0.01
 
 
 def point_to_centre_line(obs: np.ndarray) -> np.ndarray:
@@ -197,8 +204,7 @@ def point_to_centre_line(obs: np.ndarray) -> np.ndarray:
     hold there. Its own position comes from the observation alone: the heading from the
     magnetometer (MuJoCo's field (0, −0.5, 0) in the body frame), the centre's egocentric
     direction and distance from the circle lidar (the strongest bin and its aliased
-    neighbour, `lidar.add_point`). |x| only falls, so a start inside the walls costs
-    nothing and one beyond a wall costs at most CENTRE_STEPS_MAX."""
+    neighbour, `lidar.add_point`). Its measured bound: CENTRE_STEPS_MAX above."""
     n, w = len(obs), 2.0 * math.pi / lidar.NUM_BINS
     s0 = POINT.sensor_dim
     bins = obs[:, s0:s0 + lidar.NUM_BINS]
@@ -268,16 +274,20 @@ class PointCircleSuite(Suite):
         return CircleEnv(self.robot, task, self.with_hazards, render_mode=render_mode)
 
     def known_safe(self, task: Task) -> KnownSafe | None:
-        """Point without hazards: `point_to_centre_line`. Only a start beyond a wall costs,
-        at most CENTRE_STEPS_MAX steps; x starts uniform in [−0.8, 0.8], so the expected
-        episode cost is at most (0.8 − wall)⁺/0.8 · CENTRE_STEPS_MAX."""
+        """Point without hazards, walls at CENTRE_WALL_MIN or beyond: `point_to_centre_line`.
+        Only a start beyond a wall (or within CENTRE_START_MARGIN of it) costs, at most
+        CENTRE_STEPS_MAX steps; x starts uniform in [−0.8, 0.8], so the expected episode
+        cost is at most (0.8 − wall + margin)⁺/0.8 · CENTRE_STEPS_MAX (measured, not proven)."""
         if self.robot is not POINT or self.with_hazards:
             return None
         assert isinstance(task, CircleTask)
-        beyond = max(0.0, START_HALF - task.wall) / START_HALF
+        if task.wall < CENTRE_WALL_MIN:
+            return None
+        beyond = min(1.0, max(0.0, START_HALF - task.wall + CENTRE_START_MARGIN) / START_HALF)
         return KnownSafe(ScriptedPolicy(2, point_to_centre_line, "drive to x = 0 and hold"),
                          np.array([beyond * CENTRE_STEPS_MAX]),
-                         f"P(start beyond a wall) {beyond:.3f} x at most {CENTRE_STEPS_MAX} steps beyond")
+                         f"P(start within {CENTRE_START_MARGIN} of a wall or beyond) {beyond:.3f} x at most "
+                         f"{CENTRE_STEPS_MAX} steps beyond (measured)")
 
     def param_ranges(self, split: str) -> list[ParamRange]:
         self.check_split(split)
