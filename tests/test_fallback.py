@@ -210,6 +210,7 @@ def test_safemeta_test_takes_meta_test_settings_into_their_own_directory(tmp_pat
     plain = [r for r in read_rows(out / "metrics.csv") if r["phase"] == "meta_test"]
     assert rows[0]["cost_mean"] == plain[0]["cost_mean"]  # step 0 alike
     assert rows[0]["n_mixed"] >= 1  # c_s ≤ 13 < 15: a policy whose bound is over 15 goes out mixed
-    assert "with fallback=known_safe" in (out / "test-fallback=known_safe" / "report.md").read_text()
+    report = (out / "test-fallback=known_safe" / "report.md").read_text()
+    assert "with fallback=known_safe" in report and "| mixed | β |" in report
     assert main(["test", str(out), "--set", "hidden=4"]) == 2
     assert "--set: got 'hidden'; accepted meta-test settings of safemeta: fallback" in capsys.readouterr().err
