@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default=None, choices=("test", "ood"),
                    help="fresh tasks of this split instead of the run's own (writes RUN_DIR/test-<split>/; "
                         "test: the training distribution, ood: shifted, harder)")
+    e.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a meta-test setting for this test only (repeatable; e.g. fallback=known_safe, "
+                        "safety_alpha=0.1, eval_max_episodes=100); the results go to "
+                        "RUN_DIR/test[-SPLIT]-KEY=VALUE/")
     _sampling_options(e)
 
     v = sub.add_parser("render", help="watch a trained run's meta-policy and its safe adaptation on one "
@@ -296,7 +300,7 @@ def _test(args: argparse.Namespace) -> int:
         if v is not None and v < (1 if name == "tasks" else 0):
             raise C.ConfigError(f"--{name}: got {v}; accepted an integer >= {1 if name == 'tasks' else 0}")
     path = test_run(Path(args.run_dir), args.tasks, args.steps, task_file=args.task_file, split=args.split,
-                    sampling=_sampling(args))
+                    sampling=_sampling(args), overrides=C.parse_overrides(args.sets))
     _print_table(path.parent / "metrics.csv")
     print(f"report: {path}")
     return 0

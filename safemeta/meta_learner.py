@@ -35,7 +35,7 @@ from safemeta.nn.critic import MLPCritic
 from safemeta.nn.policy import GaussianPolicy, gaussian_kl
 from safemeta.rollout.advantages import Advantages, fit_critics, task_advantages
 from safemeta.rollout.backends import make_sampler
-from safemeta.rollout.buffer import Rollout
+from safemeta.rollout.buffer import Rollout, concat, select_episodes
 from safemeta.rollout.evaluation import CostInterval, decided, interval, possibly_over
 from safemeta.rollout.evaluation import over as ci_over
 from safemeta.rollout.sampler import TaskStream
@@ -64,6 +64,13 @@ class Phase(enum.IntEnum):
     TEST_EVAL = 4  # π^t on the test tasks (fresh evaluation)
     TEST_DATA = 5  # π^t on the test tasks (exploration data of step t)
     TEST_EVAL_MORE = 6  # sequential evaluation's further batches (counter: 10,000·t + batch)
+    MIX = 7  # a mixed task's draw of how many episodes its own policy runs (counter: mix_key)
+    KNOWN_SAFE = 8  # the known-safe policy's episodes of a mixed task (counter: mix_key)
+
+
+def mix_key(phase: Phase, counter: int) -> int:
+    """The counter of a mixture's draws and known-safe episodes within (phase, counter)."""
+    return int(phase) * 10**9 + counter
 
 
 @dataclass
@@ -74,6 +81,19 @@ class TaskPolicy:
     policy: GaussianPolicy
     log: dict[str, float] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Collected:
+    """A meta-test collection where some tasks may act with a mixture (`TaskPolicy.state
+    ["mix"]` = (β, KnownSafe), `core/fallback.py`): `own` holds every task's own-policy
+    episodes (a mixed task: Binomial(N, β) of its N), `costs` and `returns` all its episodes
+    (own, then known-safe), `steps` the env steps of both."""
+
+    own: Rollout
+    costs: list[np.ndarray]  # per task (N, p), of the type the limit binds
+    returns: list[np.ndarray]  # per task (N,)
+    steps: int
 
 
 class PhaseTimer:
@@ -249,6 +269,7 @@ class MetaLearner(Algorithm):
         first: int = 0,
         episodes: int | None = None,
         index: Sequence[int] | None = None,
+        timer: str | None = None,
     ) -> Rollout:
         """`current[i]` acting on task i: the data budget (`steps_per_task` steps in whole
         episodes, else `episodes_per_task` episodes), or `episodes` evaluation episodes.
@@ -258,7 +279,7 @@ class MetaLearner(Algorithm):
         keys = [first + i for i in range(len(tasks))] if index is None else list(index)
         streams = [TaskStream.of(self._stream_root, (phase, counter, k)) for k in keys]
         policies = [p.policy for p in current]
-        with self.timer("t_sampling" if episodes is None else "t_eval"):  # data, or evaluation
+        with self.timer(timer or ("t_sampling" if episodes is None else "t_eval")):  # data, or evaluation
             if episodes is None and c.steps_per_task > 0:
                 return self.sampler.collect(tasks, policies, streams, steps=c.steps_per_task)
             return self.sampler.collect(tasks, policies, streams, episodes=episodes or c.episodes_per_task)
@@ -480,21 +501,18 @@ class MetaLearner(Algorithm):
         exploration: both are samples of J_c(π^t)); reward is from the evaluation episodes."""
         c, current, out, elapsed = self.cfg, self.meta_policies(len(tasks)), [], 0.0
         for t in range(steps + 1):
-            ev = self.collect(tasks, current, Phase.TEST_EVAL, t, first, c.eval_episodes)
-            rec = {"time": elapsed, "env_steps": len(ev.obs), **dict.fromkeys(self.step_columns, 0.0)}
-            episodes = [self._episode_costs(ev, i) for i in range(len(tasks))]
-            returns = [ev.ep_return[i] for i in range(len(tasks))]
+            ev = self._collect_mixed(tasks, current, Phase.TEST_EVAL, t, first, c.eval_episodes)
+            rec = {"time": elapsed, "env_steps": ev.steps, **dict.fromkeys(self.step_columns, 0.0)}
+            episodes, returns = list(ev.costs), list(ev.returns)
             policy_t = current
             if t < steps:
                 t0 = time.perf_counter()
-                data = self.collect(tasks, current, Phase.TEST_DATA, t, first)
-                self.estimate(data)
-                with self.timer("t_adapt"):
-                    current = self.adapt(data, current)
+                data = self._collect_mixed(tasks, current, Phase.TEST_DATA, t, first)
+                current = self.hand_out(tasks, self._adapt_own(data.own, current))
                 elapsed += time.perf_counter() - t0
-                episodes = [np.concatenate([e, self._episode_costs(data, i)]) for i, e in enumerate(episodes)]
-                rec.update(explore=data.cost_return(self.cost_type), env_steps=len(ev.obs) + len(data.obs),
-                           data_steps=len(data.obs), **self.step_log(current),
+                episodes = [np.concatenate([e, d]) for e, d in zip(episodes, data.costs)]
+                rec.update(explore=np.stack([d.mean(0) for d in data.costs]), env_steps=ev.steps + data.steps,
+                           data_steps=data.steps, **self.step_log(current),
                            status=[step_status(a.log) for a in current])
             rec["env_steps"] += self._evaluate_until_decided(tasks, policy_t, t, first, episodes, returns)
             rec["reward"] = np.array([r.mean() for r in returns])
@@ -516,14 +534,94 @@ class MetaLearner(Algorithm):
             if not todo:
                 break
             n = min(c.eval_episodes, c.eval_max_episodes - min(len(episodes[i]) for i in todo))
-            more = self.collect([tasks[i] for i in todo], [policies[i] for i in todo], Phase.TEST_EVAL_MORE,
-                                t * 10_000 + batch, episodes=n, index=[first + i for i in todo])
+            more = self._collect_mixed([tasks[i] for i in todo], [policies[i] for i in todo],
+                                       Phase.TEST_EVAL_MORE, t * 10_000 + batch, episodes=n,
+                                       index=[first + i for i in todo])
             for j, i in enumerate(todo):
-                episodes[i] = np.concatenate([episodes[i], self._episode_costs(more, j)])
-                returns[i] = np.concatenate([returns[i], more.ep_return[j]])
-            steps += len(more.obs)
+                episodes[i] = np.concatenate([episodes[i], more.costs[j]])
+                returns[i] = np.concatenate([returns[i], more.returns[j]])
+            steps += more.steps
             batch += 1
         return steps
+
+    def hand_out(self, tasks: list[Task], adapted: list[TaskPolicy]) -> list[TaskPolicy]:
+        """The meta-test's policies after an adaptation step: the adapted ones, or (an
+        algorithm with a fallback) mixtures with a known-safe policy, `state["mix"]`."""
+        return adapted
+
+    def _adapt_own(self, own: Rollout, current: list[TaskPolicy]) -> list[TaskPolicy]:
+        """`adapt` on each task's own-policy episodes; a mixed task that drew none keeps its
+        policy (and its mixture), logged as kept."""
+        have = [i for i, r in enumerate(own.ep_return) if len(r)]
+        if len(have) == len(current):
+            self.estimate(own)
+            with self.timer("t_adapt"):
+                return self.adapt(own, current)
+        out = list(current)
+        if have:
+            sub = concat([own.task(i) for i in have])
+            self.estimate(sub)
+            with self.timer("t_adapt"):
+                for i, a in zip(have, self.adapt(sub, [current[i] for i in have])):
+                    out[i] = a
+        for i in [i for i in range(len(current)) if i not in have]:
+            idle = {k: 1.0 if k == "n_kept" else current[i].log.get(k, 0.0) if k == "n_recovering"
+                    else 0.0 if k.startswith("n_") else None for k in self.step_columns}
+            out[i] = TaskPolicy(current[i].policy, idle, dict(current[i].state))
+        return out
+
+    def _collect_mixed(self, tasks: list[Task], current: Sequence[TaskPolicy], phase: Phase, counter: int,
+                       first: int = 0, episodes: int | None = None, index: Sequence[int] | None = None
+                       ) -> Collected:
+        """`collect`, where a task acting with a mixture (β, known-safe) runs K ~ Binomial(N, β)
+        episodes of its own policy and N − K of the known-safe one (the same law as choosing
+        per episode; K from the task's own stream). N: `episodes`, else the data budget in
+        episodes: with a step budget ⌈steps_per_task / horizon⌉ (a plain task's budget may
+        run more episodes, where episodes end early or an env starts another while its task
+        is under budget)."""
+        mixes = [p.state.get("mix") for p in current]
+        if not any(mixes):
+            roll = self.collect(tasks, current, phase, counter, first, episodes, index)
+            return Collected(roll, [self._episode_costs(roll, i) for i in range(len(tasks))],
+                             list(roll.ep_return), len(roll.obs))
+        c = self.cfg
+        n = episodes or (-(-c.steps_per_task // self.horizon) if c.steps_per_task > 0
+                         else c.episodes_per_task)
+        keys = [first + i for i in range(len(tasks))] if index is None else list(index)
+
+        def draw(beta: float, key: int) -> int:  # how many of the N episodes the task's own policy runs
+            rng = TaskStream.of(self._stream_root, (Phase.MIX, mix_key(phase, counter), key)).rng
+            return int(rng.binomial(n, beta))
+
+        own_n = [n if m is None else draw(m[0], k) for m, k in zip(mixes, keys)]
+        parts: dict[int, Rollout] = {}
+        safe: dict[int, Rollout] = {}
+
+        timer = "t_sampling" if phase == Phase.TEST_DATA else "t_eval"
+
+        def run(idx: list[int], pols: list[TaskPolicy], ph: Phase, ctr: int, eps: int | None,
+                into: dict) -> None:
+            if idx:
+                roll = self.collect([tasks[i] for i in idx], pols, ph, ctr, episodes=eps,
+                                    index=[keys[i] for i in idx], timer=timer)
+                into.update({i: roll.task(j) for j, i in enumerate(idx)})
+
+        plain = [i for i, m in enumerate(mixes) if m is None]
+        run(plain, [current[i] for i in plain], phase, counter, episodes, parts)
+        for k in sorted({own_n[i] for i, m in enumerate(mixes) if m is not None} - {0}):
+            idx = [i for i, m in enumerate(mixes) if m is not None and own_n[i] == k]
+            run(idx, [current[i] for i in idx], phase, counter, k, parts)
+        for k in sorted({n - own_n[i] for i, m in enumerate(mixes) if m is not None} - {0}):
+            idx = [i for i, m in enumerate(mixes) if m is not None and n - own_n[i] == k]
+            known = [TaskPolicy(mixes[i][1].policy) for i in idx]
+            run(idx, known, Phase.KNOWN_SAFE, mix_key(phase, counter), k, safe)
+        template = next(iter({**parts, **safe}.values()))
+        none = select_episodes(template, [np.zeros(0, np.int64)])
+        own = concat([parts.get(i, none) for i in range(len(tasks))])
+        both = [(parts.get(i, none), safe.get(i, none)) for i in range(len(tasks))]
+        costs = [np.concatenate([self._episode_costs(r, 0) for r in pair]) for pair in both]
+        returns = [np.concatenate([r.ep_return[0] for r in pair]) for pair in both]
+        return Collected(own, costs, returns, len(own.obs) + sum(len(r.obs) for r in safe.values()))
 
     def _episode_costs(self, roll: Rollout, i: int) -> np.ndarray:
         """(N, p) episode costs of task i, of the type the limit binds."""
@@ -561,10 +659,12 @@ class MetaLearner(Algorithm):
 def step_status(log: dict[str, float]) -> str | None:
     """What a task's adaptation step did, from its step columns: "accepted", "backed off"
     or "kept" (π_k itself), with " (recovering)" when π_k was over the limit on its own
-    data; None for an algorithm whose step logs none of them."""
+    data and ", mixed β=…" when the policy handed out is a mixture with a known-safe one
+    (`core/fallback.py`); None for an algorithm whose step logs none of them."""
     for key, name in (("n_accepted", "accepted"), ("n_backed_off", "backed off"), ("n_kept", "kept")):
         if log.get(key):
-            return name + (" (recovering)" if log.get("n_recovering") else "")
+            mixed = f", mixed β={log['mix_beta']:.2f}" if log.get("n_mixed") else ""
+            return name + (" (recovering)" if log.get("n_recovering") else "") + mixed
     return None
 
 

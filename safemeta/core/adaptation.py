@@ -73,6 +73,7 @@ class AdaptResult:
     test_bound: np.ndarray | None = None  # (p,) upper confidence bound of the last policy tested
     test_estimate: np.ndarray | None = None  # (p,) its held-out mean surrogate
     recovering: bool = False  # π_k over d + δ on some constraint
+    handed_bound: np.ndarray | None = None  # (p,) upper bound on J_c of the policy handed out
 
 
 def cost_ucb(ep_cost: np.ndarray, z: float) -> np.ndarray | float:

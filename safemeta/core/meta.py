@@ -21,6 +21,7 @@ import numpy as np
 
 from safemeta.config import ConfigError, GaussianConfig, param
 from safemeta.core.adaptation import AdaptParams, AdaptResult, adapt_batch
+from safemeta.core.fallback import mixture_weight
 from safemeta.core.safety_test import ACCEPTED, BACKED_OFF, KEPT, adapt_tested, split_episodes
 from safemeta.core.theory import theory_params
 from safemeta.envs.base import Suite, Task
@@ -123,7 +124,18 @@ class SafeMetaConfig(GaussianConfig):
         0.0, "safety_test=bernstein: the range b of the per-episode cost surrogate (e.g. the horizon "
         "for a 0/1 cost); required there", low=0, high=1e12)
 
+    fallback: str = param(
+        "off",
+        "meta-test: where the policy handed out has a cost bound over d + δ, mix it per episode "
+        "with the suite's known-safe policy so that the mixture's bound is d + δ (Ni & Kamgarpour, "
+        "ICML 2026; core/fallback.py): 'known_safe', or 'off'",
+        choices=("off", "known_safe"),
+    )
+
     def check(self) -> None:
+        if self.fallback != "off" and self.safety_test == "off":
+            raise ConfigError("fallback: got 'known_safe' with safety_test=off; accepted with the held-out "
+                              "safety test (safety_test t or bernstein), whose bound the mixture needs")
         if self.safety_test != "off" and self.steps_per_task == 0 and self.episodes_per_task < 3:
             raise ConfigError(f"episodes_per_task: got {self.episodes_per_task} with safety_test="
                               f"{self.safety_test}; accepted >= 3 (the test holds episodes out), or "
@@ -156,7 +168,8 @@ class SafeMeta(MetaLearner):
     id = "safemeta"
     Config = SafeMetaConfig
     step_columns = ("u_mean", "eta", "kl", "dual_kl", "surrogate_cost", "backoffs", "accept_rate",
-                    "n_accepted", "n_backed_off", "n_kept", "n_recovering", "test_bound", "test_estimate")
+                    "n_accepted", "n_backed_off", "n_kept", "n_recovering", "test_bound", "test_estimate",
+                    "n_mixed", "mix_beta")
     subphases = ("t_dual", "t_projection")
     own_columns = ("n_switch", "n_missed", "outer_cost_step", "outer_accepted", "outer_kl")
     cfg: SafeMetaConfig
@@ -164,6 +177,10 @@ class SafeMeta(MetaLearner):
     def __init__(
         self, cfg: SafeMetaConfig, suite: Suite, tasks: dict[str, list[Task]], seed: np.random.SeedSequence
     ) -> None:
+        some = [t for split in tasks.values() for t in split[:1]]
+        if cfg.fallback != "off" and some and suite.known_safe(some[0]) is None:
+            raise ConfigError(f"fallback: got 'known_safe' on suite {suite.id!r}, which knows no safe policy "
+                              "for its tasks (Suite.known_safe); accepted fallback=off there")
         super().__init__(cfg, suite, tasks, seed)
         self.params = cfg.adapt_params(self.num_costs, self.cost_limit, self.cost_type)
 
@@ -184,7 +201,37 @@ class SafeMeta(MetaLearner):
         for r in results:
             for k, v in r.times.items():
                 self.timer.add(k, v)
-        return [TaskPolicy(r.policy, _step_log(r)) for r in results]
+        return [TaskPolicy(r.policy, _step_log(r), self._bound_state(r, c, len(costs)))
+                for r, c, costs in zip(results, current, data.ep_cost)]
+
+    @staticmethod
+    def _bound_state(r: AdaptResult, current: TaskPolicy, episodes: int) -> dict[str, Any]:
+        """The handed-out policy's cost bound and the episodes behind it. A kept π_k keeps
+        the bound of its better-supported sample: a mixed task's own episodes may be few,
+        and which sample is used depends on the counts only, never on the costs."""
+        if r.policy is current.policy and current.state.get("bound_n", 0) > episodes:
+            return {"bound": current.state["bound"], "bound_n": current.state["bound_n"]}
+        return {"bound": r.handed_bound, "bound_n": episodes}
+
+    def hand_out(self, tasks: list[Task], adapted: list[TaskPolicy]) -> list[TaskPolicy]:
+        """`fallback = known_safe`: a policy whose bound exceeds d + δ goes out as the mixture
+        with the task's known-safe policy (`core/fallback.py`); the others as they are."""
+        if self.cfg.fallback == "off":
+            return adapted
+        out = []
+        for task, a in zip(tasks, adapted):
+            safe = self.suite.known_safe(task)  # None: none known for this task (it goes out unmixed)
+            bound = a.state.get("bound")
+            if bound is None:  # nothing measured (the meta-policy): nothing is known
+                bound = np.full(self.num_costs, np.inf)
+            beta = None if safe is None else mixture_weight(bound, safe.cost_bound, self.params.bound)
+            mixed = beta is not None and beta < 1.0
+            state = {k: v for k, v in a.state.items() if k != "mix"}
+            log = {**a.log, "n_mixed": float(mixed), "mix_beta": beta if mixed else None}
+            if mixed:
+                state["mix"] = (beta, safe)
+            out.append(TaskPolicy(a.policy, log, state))
+        return out
 
     # ---- the meta-step (SPEC §2.6 step 3) ------------------------------------------------
     def meta_step(self, pre: Rollout, post: Rollout, adapted: list[TaskPolicy]) -> dict[str, Any]:
@@ -255,4 +302,6 @@ def _step_log(r: AdaptResult) -> dict[str, float]:
         "surrogate_cost": float(r.surrogate[0]),
         "backoffs": float(r.backoffs),
         "accept_rate": float(r.accepted),
+        "n_mixed": 0.0,  # set by `SafeMeta.hand_out` with fallback=known_safe
+        "mix_beta": None,
     }

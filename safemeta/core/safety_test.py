@@ -222,7 +222,7 @@ def select_candidate(new: GaussianPolicy, policy_k: GaussianPolicy, part: Episod
     the change's bound), with E_s[KL] ≤ verify_max_kl. (policy, surrogate, kl, backoffs,
     found)."""
     theta_k, theta = policy_k.flat_params(), new.flat_params()
-    for k in range(cfg.max_backoffs + 1):
+    for k in range(cfg.max_backoffs + 1 if m_test >= 2 else 0):  # fewer held out: the test states nothing
         new.set_flat_params(theta_k + 0.5**k * (theta - theta_k))
         x, kl = episode_surrogates(new, policy_k, part, params.lam_c)
         if part.m < 2 or not np.all(np.isfinite(x)):
@@ -291,6 +291,7 @@ def adapt_tested(
         r.recovering = bool(recovering[i].any())
         pk = copy.deepcopy(policies_k[i]).to(dev)
         held_i = EpisodeSample.of(held, i, advs_h[i], pk, params.cost_type, dev)
+        r.handed_bound = own_ubs[i]  # π_k's own, unless a candidate passes
         if not r.accepted:  # no candidate: π_k is kept, its own bound is reported
             r.status, r.fraction, r.test_bound = KEPT, 0.0, own_ubs[i]
             r.test_estimate = held_i.ep_cost.mean(0) if held_i.m else np.full(len(params.bound), np.nan)
@@ -301,6 +302,7 @@ def adapt_tested(
         if out.status == KEPT:
             r.policy, r.accepted, r.kl = policies_k[i], False, 0.0
         else:
+            r.handed_bound = out.bound
             _, r.kl = episode_surrogates(out.policy, pk, held_i, params.lam_c)  # on the held-out states
             r.policy = out.policy.to("cpu")
     return results

@@ -17,10 +17,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+
+if TYPE_CHECKING:
+    from safemeta.nn.scripted import KnownSafe
 
 SPLITS = ("train", "test", "ood")
 TEST_SPLITS = ("test", "ood")  # what meta-test may be run on (config `test_split`)
@@ -75,6 +78,12 @@ class Suite(abc.ABC):
     @abc.abstractmethod
     def param_ranges(self, split: str) -> list[ParamRange]:
         """Task parameters and their ranges in `split`."""
+
+    def known_safe(self, task: Task) -> KnownSafe | None:
+        """A policy known to keep `task` within its limit, with a bound on its expected
+        episode cost (`nn/scripted.py`), for safemeta's `fallback = known_safe`; None (the
+        default) when the suite knows none."""
+        return None
 
     def task_from_dict(self, d: dict[str, Any]) -> Task:
         """A task from its `to_dict` form; ValueError naming what is wrong."""

@@ -194,13 +194,18 @@ def adaptation_section(test: list[dict[str, Any]], tasks_json: Path) -> list[str
     parts: list[str] = []
     steps = [r for r in test[:-1] if r.get("n_kept") is not None]
     if steps:
+        mixed = any(r.get("n_mixed") for r in steps)  # fallback=known_safe mixed some policy
         parts += ["Adaptation per step (each task's step from the policy of that step): accepted in "
                   "full, backed off to a fraction of the step, or the current policy kept; "
-                  "*recovering*: the current policy was over the limit on its own data.", "",
+                  "*recovering*: the current policy was over the limit on its own data"
+                  + ("; *mixed*: the policy handed out runs with the known-safe policy, each episode "
+                     "with probability 1 − β (mean β of those tasks)." if mixed else "."), "",
                   markdown_table(["step", "accepted", "backed off", "kept", "recovering",
-                                  "tasks over (95% CI)"],
+                                  "tasks over (95% CI)"] + (["mixed", "β"] if mixed else []),
                                  [[r["step"], r.get("n_accepted"), r.get("n_backed_off"), r.get("n_kept"),
-                                   r.get("n_recovering"), r.get("n_over")] for r in steps]), ""]
+                                   r.get("n_recovering"), r.get("n_over")]
+                                  + ([r.get("n_mixed"), r.get("mix_beta")] if mixed else [])
+                                  for r in steps]), ""]
     if tasks_json.exists():
         import json
 

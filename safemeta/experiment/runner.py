@@ -17,6 +17,7 @@ Run directory (SPEC §5):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import signal
@@ -470,18 +471,32 @@ def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:
     return r, found[1]
 
 
+# What `safemeta test --set` may change: how the meta-test adapts and evaluates, never what
+# was trained (networks, budgets of meta-training).
+TEST_SETTABLE = ("fallback", "safety_test", "safety_alpha", "safety_split", "safety_retests",
+                 "safety_inflate", "safety_range", "eval_episodes", "eval_max_episodes", "eval_rel_width")
+
+
 def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None,
              log: Callable[[str], None] = print, task_file: str | Path | None = None,
-             split: str | None = None, sampling: backends.Backend | None = None) -> Path:
+             split: str | None = None, sampling: backends.Backend | None = None,
+             overrides: dict[str, Any] | None = None) -> Path:
     """Meta-test a trained run on its test tasks (more are sampled if `n_tasks` asks), on
     the test tasks of `task_file` (see `read_task_file`), or on `n_tasks` (default the run's
     test_tasks) fresh tasks of `split`. Writes metrics.csv and a report to RUN_DIR/test, or
-    RUN_DIR/test-<split> with `split`; returns the report path. `sampling`: where the
-    meta-test samples (default local)."""
+    RUN_DIR/test-<split> with `split`, with `-KEY=VALUE,...` appended for `overrides` (meta-
+    test settings, TEST_SETTABLE); returns the report path. `sampling`: where the meta-test
+    samples (default local)."""
     sampling = sampling or backends.Backend()
     backends.check(sampling)
     r, payload = load_run(run_dir)
-    cfg = r.cfg
+    overrides = overrides or {}
+    for key in overrides:
+        if key not in TEST_SETTABLE or not hasattr(r.cfg, key):
+            accepted = [k for k in TEST_SETTABLE if hasattr(r.cfg, k)]
+            raise C.ConfigError(f"--set: got {key!r}; accepted meta-test settings of {r.algo_cls.id}: "
+                                f"{', '.join(accepted)}")
+    cfg = C.build(type(r.cfg), dataclasses.asdict(r.cfg), overrides) if overrides else r.cfg
     if split is not None:
         _check_test_split(r.suite, split, task_file)
     given = read_task_file(r.suite, task_file) if task_file else {}
@@ -506,6 +521,8 @@ def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None
         algo = r.algo_cls(cfg, r.suite, tasks, algo_seq)
     algo.load_state_dict(payload["algo"])
     out = run_dir / ("test" if split is None else f"test-{split}")
+    if overrides:
+        out = out.with_name(out.name + "-" + ",".join(f"{k}={v}" for k, v in overrides.items()))
     out.mkdir(exist_ok=True)
     metrics_path = out / "metrics.csv"
     if metrics_path.exists():
@@ -527,6 +544,8 @@ def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None
         source = f"{n} fresh tasks of the {split!r} split"
     else:
         source = f"the run's {n} test tasks (tasks.json; test_split {cfg.test_split!r})"
+    if overrides:
+        source += " with " + ", ".join(f"{k}={v}" for k, v in overrides.items())
     return write_report(run_dir, f"meta-test of {run_dir} on {source}", metrics=metrics_path, out=out,
                         video=video)
 

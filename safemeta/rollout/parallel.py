@@ -30,7 +30,7 @@ from safemeta.config import ConfigError
 from safemeta.envs.base import Suite, Task
 from safemeta.nn.policy import GaussianPolicy
 from safemeta.rollout.buffer import Rollout, concat
-from safemeta.rollout.sampler import Sampler, TaskStream, stackable
+from safemeta.rollout.sampler import Sampler, TaskStream, scripted, stackable
 
 RESTARTS = 3  # a worker that dies is started again this many times per collection
 
@@ -225,7 +225,7 @@ class ProcessSampler(Sampler):
     ) -> Rollout:
         size = len(tasks) * (steps if steps > 0 else episodes * self.horizon)
         small = self.min_steps > 0 and (size < self.min_steps or min(self.workers, len(tasks)) < 2)
-        if not tasks or small:  # no tasks: the local sampler's error
+        if not tasks or small or scripted(policies):  # no tasks: the local sampler's error
             return super().collect(tasks, policies, streams, episodes, steps, stacked)
         jobs = split_jobs(tasks, policies, streams, episodes, steps, self.workers, stacked)
         try:

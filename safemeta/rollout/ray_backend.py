@@ -25,7 +25,7 @@ from safemeta.envs.base import Suite, Task
 from safemeta.nn.policy import GaussianPolicy
 from safemeta.rollout.buffer import Rollout
 from safemeta.rollout.parallel import RESTARTS, Job, Part, SamplerArgs, finish, run_job, split_jobs
-from safemeta.rollout.sampler import Sampler, TaskStream
+from safemeta.rollout.sampler import Sampler, TaskStream, scripted
 
 INSTALL = "backend: 'ray' needs Ray, which is not installed; pip install safemeta[ray]"
 START_TIMEOUT_S = 300.0  # actors that cannot be placed by then (too few CPUs): an error, not a hang
@@ -127,8 +127,8 @@ class RaySampler(Sampler):
         import ray
         from ray.exceptions import RayActorError
 
-        if not tasks:
-            return super().collect(tasks, policies, streams, episodes, steps, stacked)  # its error
+        if not tasks or scripted(policies):  # no tasks: the local sampler's error
+            return super().collect(tasks, policies, streams, episodes, steps, stacked)
         jobs = split_jobs(tasks, policies, streams, episodes, steps, len(self.actors), stacked)
         refs = {w: self.actors[w].collect.remote(job) for w, (_, job) in enumerate(jobs)}
         parts: dict[int, Part] = {}

@@ -221,8 +221,15 @@ class Sampler:
 
 
 def stackable(policies: Sequence[GaussianPolicy]) -> bool:
-    """Whether the policies can act as one stacked network: they share one normaliser."""
-    return all(_same_normalizer(policies[0], p) for p in policies)
+    """Whether the policies can act as one stacked network: Gaussian policies sharing one
+    normaliser (a scripted, known-safe policy, `nn/scripted.py`, acts on its own)."""
+    return not scripted(policies) and all(_same_normalizer(policies[0], p) for p in policies)
+
+
+def scripted(policies: Sequence[GaussianPolicy]) -> bool:
+    """Whether some policy is a scripted controller (sampled in-process by every backend:
+    it is code, not parameters to send)."""
+    return any(getattr(p, "scripted", False) for p in policies)
 
 
 def _actor(

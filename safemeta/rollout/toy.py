@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 from safemeta.envs.base import SPLITS, ParamRange, Suite, Task
+from safemeta.nn.scripted import KnownSafe, zero_action
 
 
 @dataclass(frozen=True)
@@ -73,3 +74,7 @@ class PointMassSuite(Suite):
     def param_ranges(self, split: str) -> list[ParamRange]:
         self.check_split(split)
         return [ParamRange("goal", *self.GOALS[split], "goal position")]
+
+    def known_safe(self, task: Task) -> KnownSafe:
+        """The zero action: no energy, cost exactly 0."""
+        return KnownSafe(zero_action(1), np.zeros(1), "zero action: a² = 0")

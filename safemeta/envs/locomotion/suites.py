@@ -45,6 +45,7 @@ from safemeta.envs.locomotion.envs import (
     check_options,
 )
 from safemeta.envs.locomotion.tasks import DirectionTask, VelocityTask
+from safemeta.nn.scripted import KnownSafe, zero_action
 
 PAPER_HORIZON = 200  # SPEC §4.1: the episode length the velocity tasks' limits are quoted for
 
@@ -103,6 +104,15 @@ class LocomotionSuite(Suite):
         return self.env_class(  # type: ignore[call-arg]
             task, cost=self.cost, horizon=self.horizon, render_mode=render_mode, **kwargs
         )
+
+    def known_safe(self, task: Task) -> KnownSafe | None:
+        """With the energy cost, the zero action: it spends no energy, so its episode cost
+        is exactly 0 whatever the robot does (with the velocity cost nothing is known)."""
+        if self.cost != "energy":
+            return None
+        if not hasattr(self, "_zero"):
+            self._zero = zero_action(int(self.spaces()[1].shape[0]))
+        return KnownSafe(self._zero, np.zeros(1), "zero action: control energy ||a||^2 = 0")
 
     def split_range(self, split: str) -> tuple[float, float]:
         self.check_split(split)

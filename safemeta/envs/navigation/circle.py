@@ -30,6 +30,7 @@ from safemeta.envs.base import SPLITS, ParamRange, Suite, Task
 from safemeta.envs.navigation import lidar
 from safemeta.envs.navigation.engine import NavEnv, check_no_kwargs
 from safemeta.envs.navigation.robots import CAR, POINT, Robot, build_xml
+from safemeta.nn.scripted import KnownSafe, ScriptedPolicy
 
 HORIZON = 500
 LIDAR_MAX_DIST = 6.0
@@ -184,6 +185,44 @@ def circle_reward_cost(x: float, y: float, u: float, v: float, radius: float,
     return float(reward), 1.0 if abs(x) > wall else 0.0
 
 
+# The known-safe Point controller's measured bound (tests/test_fallback.py checks it on a
+# grid of starts): for walls at or beyond CENTRE_WALL_MIN (the nearest wall the train and
+# test splits draw), from any start beyond a wall it is back inside within
+# CENTRE_STEPS_MAX steps (worst measured: 33, from x = ±0.8 with the wall at 0.55 and the
+# heading along y; nearer walls take longer: 41 steps at 0.40). Turning in place moves the
+# sphere's centre by a few millimetres, so a start less than CENTRE_START_MARGIN inside a
+# wall may cross it for a few steps (measured: 9 steps at 0.5 mm, none at 5 mm); such
+# starts are counted as beyond.
+CENTRE_STEPS_MAX = 40
+CENTRE_WALL_MIN = 0.55
+CENTRE_START_MARGIN = 0.01
+
+
+def point_to_centre_line(obs: np.ndarray) -> np.ndarray:
+    """The Point's known-safe controller (obs (n, 28) -> actions (n, 2)): drive along the
+    world x axis to x = 0, forward or backward whichever is nearer the robot's heading, and
+    hold there. Its own position comes from the observation alone: the heading from the
+    magnetometer (MuJoCo's field (0, −0.5, 0) in the body frame), the centre's egocentric
+    direction and distance from the circle lidar (the strongest bin and its aliased
+    neighbour, `lidar.add_point`). Its measured bound: CENTRE_STEPS_MAX above."""
+    n, w = len(obs), 2.0 * math.pi / lidar.NUM_BINS
+    s0 = POINT.sensor_dim
+    bins = obs[:, s0:s0 + lidar.NUM_BINS]
+    b = bins.argmax(1)
+    s = bins[np.arange(n), b]
+    alias = np.where(s > 0, bins[np.arange(n), (b + 1) % lidar.NUM_BINS] / np.maximum(s, 1e-12), 0.0)
+    ang = (b + alias) * w  # the centre's egocentric angle
+    dist = (1.0 - s) * LIDAR_MAX_DIST
+    heading = np.arctan2(-obs[:, 9], -obs[:, 10])
+    ex, ey = dist * np.cos(ang), dist * np.sin(ang)
+    x = -(np.cos(heading) * ex - np.sin(heading) * ey)  # the robot's world x
+    target = np.arctan2(np.sin(heading) * x, -np.cos(heading) * x)  # world (−x, 0), egocentric
+    err = np.where(np.abs(target) <= math.pi / 2, target, target - math.pi * np.sign(target))
+    turn = np.clip(3.0 * err, -1.0, 1.0)
+    forward = np.clip(3.0 * np.cos(target) * np.abs(x), -1.0, 1.0)
+    return np.stack([forward, turn], 1)
+
+
 def sample_hazards(rng: np.random.Generator, radius: float, n: int) -> tuple[tuple[float, float], ...]:
     """`n` hazards near the track: angle uniform, distance R·U[0.85, 1.15], 0.4 apart."""
     points: list[tuple[float, float]] = []
@@ -233,6 +272,22 @@ class PointCircleSuite(Suite):
             raise TypeError(f"task: got {type(task).__name__}; accepted {self.task_type.__name__}")
         check_no_kwargs(kwargs)
         return CircleEnv(self.robot, task, self.with_hazards, render_mode=render_mode)
+
+    def known_safe(self, task: Task) -> KnownSafe | None:
+        """Point without hazards, walls at CENTRE_WALL_MIN or beyond: `point_to_centre_line`.
+        Only a start beyond a wall (or within CENTRE_START_MARGIN of it) costs, at most
+        CENTRE_STEPS_MAX steps; x starts uniform in [−0.8, 0.8], so the expected episode
+        cost is at most (0.8 − wall + margin)⁺/0.8 · CENTRE_STEPS_MAX (measured, not proven)."""
+        if self.robot is not POINT or self.with_hazards:
+            return None
+        assert isinstance(task, CircleTask)
+        if task.wall < CENTRE_WALL_MIN:
+            return None
+        beyond = min(1.0, max(0.0, START_HALF - task.wall + CENTRE_START_MARGIN) / START_HALF)
+        return KnownSafe(ScriptedPolicy(2, point_to_centre_line, "drive to x = 0 and hold"),
+                         np.array([beyond * CENTRE_STEPS_MAX]),
+                         f"P(start within {CENTRE_START_MARGIN} of a wall or beyond) {beyond:.3f} x at most "
+                         f"{CENTRE_STEPS_MAX} steps beyond (measured)")
 
     def param_ranges(self, split: str) -> list[ParamRange]:
         self.check_split(split)
