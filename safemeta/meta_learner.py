@@ -599,22 +599,20 @@ class MetaLearner(Algorithm):
 
         timer = "t_sampling" if phase == Phase.TEST_DATA else "t_eval"
 
-        def run(idx: list[int], pols: list[TaskPolicy], ph: Phase, ctr: int, eps: int | None,
-                into: dict) -> None:
-            if idx:
-                roll = self.collect([tasks[i] for i in idx], pols, ph, ctr, episodes=eps,
+        def run(count: dict[int, int | None], policy: dict[int, TaskPolicy], ph: Phase, ctr: int,
+                into: dict) -> None:  # task i: count[i] episodes (None: the budget), one collection per count
+            for k in sorted(set(count.values()) - {0}, key=lambda v: -1 if v is None else v):
+                idx = [i for i, v in count.items() if v == k]
+                roll = self.collect([tasks[i] for i in idx], [policy[i] for i in idx], ph, ctr, episodes=k,
                                     index=[keys[i] for i in idx], timer=timer)
                 into.update({i: roll.task(j) for j, i in enumerate(idx)})
 
-        plain = [i for i, m in enumerate(mixes) if m is None]
-        run(plain, [current[i] for i in plain], phase, counter, episodes, parts)
-        for k in sorted({own_n[i] for i, m in enumerate(mixes) if m is not None} - {0}):
-            idx = [i for i, m in enumerate(mixes) if m is not None and own_n[i] == k]
-            run(idx, [current[i] for i in idx], phase, counter, k, parts)
-        for k in sorted({n - own_n[i] for i, m in enumerate(mixes) if m is not None} - {0}):
-            idx = [i for i, m in enumerate(mixes) if m is not None and n - own_n[i] == k]
-            known = [TaskPolicy(mixes[i][1].policy) for i in idx]
-            run(idx, known, Phase.KNOWN_SAFE, mix_key(phase, counter), k, safe)
+        mixed = [i for i, m in enumerate(mixes) if m is not None]
+        own_policy = dict(enumerate(current))
+        run({i: episodes for i, m in enumerate(mixes) if m is None}, own_policy, phase, counter, parts)
+        run({i: own_n[i] for i in mixed}, own_policy, phase, counter, parts)
+        run({i: n - own_n[i] for i in mixed}, {i: TaskPolicy(mixes[i][1].policy) for i in mixed},
+            Phase.KNOWN_SAFE, mix_key(phase, counter), safe)
         template = next(iter({**parts, **safe}.values()))
         none = select_episodes(template, [np.zeros(0, np.int64)])
         own = concat([parts.get(i, none) for i in range(len(tasks))])
