@@ -1,0 +1,97 @@
+"""Does the point-circle (or car-circle) meta-policy's radius follow the task's R? (issue 14)
+
+For each trained run (its latest checkpoint): fresh tasks of a split, the meta-policy
+(step 0, sampled actions as the meta-test runs it) for `--episodes` episodes per task;
+per task the agent's mean distance from the centre r̄ over the episode's second half
+(after the run-in from the start box), the share of steps with a cost (beyond a wall, or
+in a hazard), and the return. Then the least-squares slope and correlation of r̄ on R
+over the tasks: a policy that runs the task's circle has slope ≈ 1 and r̄ ≈ R; one that
+runs the same circle on every task has slope ≈ 0.
+
+    python benchmarks/circle_radius.py RUN_DIR [RUN_DIR ...] [--tasks 10] [--episodes 5] [--split test]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def radius_of(env, policy, episodes: int, seed: int) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """Mean r over each episode's second half, share of steps with cost, mean return."""
+    gen = torch.Generator().manual_seed(seed)
+    low, high = env.action_space.low, env.action_space.high
+    radii, costly, returns = [], [], []
+    for e in range(episodes):
+        obs, _ = env.reset(seed=seed + e)
+        rs, ret, done = [], 0.0, False
+        while not done:
+            x = np.asarray(obs, np.float32).reshape(1, -1)
+            with torch.no_grad():
+                act = policy.sample(x, gen)[0]
+            obs, reward, terminated, truncated, info = env.step(np.clip(act[0], low, high))
+            ret += float(reward)
+            xy = np.asarray(env.unwrapped.agent_pose()[0][:2])
+            rs.append(float(np.hypot(*xy)))
+            costly.append(float(info.get("cost", 0.0) > 0))
+            done = terminated or truncated
+        radii.append(np.mean(rs[len(rs) // 2:]))
+        returns.append(ret)
+    return float(np.mean(radii)), float(np.mean(costly)), float(np.mean(returns))
+
+
+def fit(radius: np.ndarray, r_bar: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope of r̄ on R, and their correlation."""
+    slope = float(np.polyfit(radius, r_bar, 1)[0]) if np.ptp(radius) > 0 else float("nan")
+    corr = float(np.corrcoef(radius, r_bar)[0, 1]) if np.ptp(r_bar) > 0 else float("nan")
+    return slope, corr
+
+
+def measure(run_dir: Path, n_tasks: int, episodes: int, split: str) -> dict:
+    from safemeta.experiment.runner import Run, load_run
+
+    r, payload = load_run(run_dir)
+    task_seq, algo_seq = np.random.SeedSequence(r.cfg.seed).spawn(2)
+    algo = r.algo_cls(r.cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
+    algo.load_state_dict(payload["algo"])
+    policy = algo.meta_policies(1)[0].policy
+    tasks = r.suite.sample_tasks(n_tasks, np.random.default_rng(4343), split)
+    rows = []
+    for i, task in enumerate(tasks):
+        env = r.suite.make(task)
+        r_bar, beyond, ret = radius_of(env, policy, episodes, 1000 * i)
+        env.close()
+        rows.append({"R": task.radius, "wall": task.wall, "r_bar": r_bar, "beyond": beyond, "return": ret})
+        print(f"{run_dir} task {i}: R {task.radius:.2f}, wall {task.wall:.2f}, r̄ {r_bar:.2f}, "
+              f"steps with cost {beyond:.0%}, return {ret:.1f}", flush=True)
+    algo.close()
+    radius, r_bar = np.array([x["R"] for x in rows]), np.array([x["r_bar"] for x in rows])
+    slope, corr = fit(radius, r_bar)
+    return {"run": str(run_dir), "env": r.spec.env, "split": split, "tasks": rows, "slope": slope,
+            "corr": corr, "mean_abs_gap": float(np.mean(np.abs(r_bar - radius))),
+            "return": float(np.mean([x["return"] for x in rows]))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", type=Path, nargs="+")
+    ap.add_argument("--tasks", type=int, default=10)
+    ap.add_argument("--episodes", type=int, default=5)
+    ap.add_argument("--split", default="test")
+    args = ap.parse_args()
+    res = [measure(run, args.tasks, args.episodes, args.split) for run in args.run_dirs]
+    print("\n| run | split | tasks | R range | r̄ range | slope of r̄ on R | corr | mean |r̄ − R| | return |")
+    print("|" + "---|" * 9)
+    for x in res:
+        radius = [t["R"] for t in x["tasks"]]
+        r_bar = [t["r_bar"] for t in x["tasks"]]
+        print(f"| {x['run']} | {x['split']} | {len(radius)} | {min(radius):.2f}–{max(radius):.2f} | "
+              f"{min(r_bar):.2f}–{max(r_bar):.2f} | {x['slope']:.2f} | {x['corr']:.2f} | "
+              f"{x['mean_abs_gap']:.2f} | {x['return']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
