@@ -51,17 +51,14 @@ def fit(radius: np.ndarray, r_bar: np.ndarray) -> tuple[float, float]:
 
 
 def measure(run_dir: Path, n_tasks: int, episodes: int, split: str) -> dict:
-    from safemeta.experiment.runner import Run, load_run
+    from safemeta.experiment.render import load_algorithm
 
-    r, payload = load_run(run_dir)
-    task_seq, algo_seq = np.random.SeedSequence(r.cfg.seed).spawn(2)
-    algo = r.algo_cls(r.cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
-    algo.load_state_dict(payload["algo"])
+    algo, _ = load_algorithm(run_dir, log=lambda m: None)
     policy = algo.meta_policies(1)[0].policy
-    tasks = r.suite.sample_tasks(n_tasks, np.random.default_rng(4343), split)
+    tasks = algo.suite.sample_tasks(n_tasks, np.random.default_rng(4343), split)
     rows = []
     for i, task in enumerate(tasks):
-        env = r.suite.make(task)
+        env = algo.suite.make(task)
         r_bar, beyond, ret = radius_of(env, policy, episodes, 1000 * i)
         env.close()
         rows.append({"R": task.radius, "wall": task.wall, "r_bar": r_bar, "beyond": beyond, "return": ret})
@@ -70,7 +67,7 @@ def measure(run_dir: Path, n_tasks: int, episodes: int, split: str) -> dict:
     algo.close()
     radius, r_bar = np.array([x["R"] for x in rows]), np.array([x["r_bar"] for x in rows])
     slope, corr = fit(radius, r_bar)
-    return {"run": str(run_dir), "env": r.spec.env, "split": split, "tasks": rows, "slope": slope,
+    return {"run": str(run_dir), "env": algo.suite.id, "split": split, "tasks": rows, "slope": slope,
             "corr": corr, "mean_abs_gap": float(np.mean(np.abs(r_bar - radius))),
             "return": float(np.mean([x["return"] for x in rows]))}
 
