@@ -181,6 +181,25 @@ def test_cost_step_when_meta_policy_violates() -> None:
     assert rows[-1]["pre_cost_mean"] < rows[0]["pre_cost_mean"]
 
 
+def test_crpo_switch_on_the_upper_bound_counts_tasks_few_episodes_cannot_clear() -> None:
+    """meta_switch_alpha > 0: a task switches when the (1 − α) bound of its episode costs
+    exceeds (1 − margin)·d, by hand: costs (0, 0, 0, 40) have mean 10 (under 23.75 = 0.95·25),
+    s = 20, skewness 0.75, t_{0.95,3} = 2.35336, so the bound is 10 + 10·(2.35336 + 0.75·
+    (2·2.35336² + 1)/12) = 41.0815: switched; a constant 10 has bound 10: not; 30 is over either way."""
+    episodes = [np.array([0.0, 0.0, 0.0, 40.0])[:, None], np.full((4, 1), 10.0), np.full((4, 1), 30.0)]
+    mean = np.stack([e.mean(0) for e in episodes])
+    d, zero = np.array([25.0]), np.array([0.0])
+    t = 2.353363434801823
+    assert 10 + 10 * (t + 0.75 * (2 * t**2 + 1) / 12) == pytest.approx(41.0815, abs=1e-4)
+    np.testing.assert_array_equal(crpo_switch(mean, d, zero, 0.05)[:, 0], [False, False, True])
+    np.testing.assert_array_equal(crpo_switch(mean, d, zero, 0.05, episodes, 0.05)[:, 0], [True, False, True])
+    # the bound of task 0 sits between 41.08 and 41.083: a limit that puts the threshold there decides
+    np.testing.assert_array_equal(crpo_switch(mean, np.array([41.08 / 0.95]), zero, 0.05, episodes, 0.05)[:, 0],
+                                  [True, False, False])
+    np.testing.assert_array_equal(crpo_switch(mean, np.array([41.083 / 0.95]), zero, 0.05, episodes, 0.05)[:, 0],
+                                  [False, False, False])
+
+
 @pytest.mark.parametrize(
     ("delta", "pre_cost", "post_cost", "switched"),
     [

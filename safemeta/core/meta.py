@@ -22,7 +22,7 @@ import numpy as np
 from safemeta.config import ConfigError, GaussianConfig, param
 from safemeta.core.adaptation import AdaptParams, AdaptResult, adapt_batch
 from safemeta.core.fallback import mixture_weight
-from safemeta.core.safety_test import ACCEPTED, BACKED_OFF, KEPT, adapt_tested, split_episodes
+from safemeta.core.safety_test import ACCEPTED, BACKED_OFF, KEPT, adapt_tested, split_episodes, upper_bound
 from safemeta.core.theory import theory_params
 from safemeta.envs.base import Suite, Task
 from safemeta.meta_learner import MetaLearner, TaskPolicy
@@ -61,6 +61,11 @@ class SafeMetaConfig(GaussianConfig):
     meta_margin: float = param(
         0.05, "CRPO switch of meta-training at J_c(π_φ) > (1 − margin)·d + δ, so that the "
         "meta-policy keeps a margin on unseen tasks (anytime safety starts at π_φ)", low=0, high=1)
+    meta_switch_alpha: float = param(
+        0.0, "CRPO switch on each task's one-sided (1 − α) upper bound of J_c(π_φ) over its episodes "
+        "(the safety test's Student-t bound) instead of its mean, so that the meta-policy's cost is "
+        "under the limit on most tasks, not on average (issue 10's step-0 target); 0: the mean",
+        low=0, high=0.5)
     dual: str = param(
         "sample",
         "adaptation multipliers: the batch-normalised sample dual (SPEC §2.2), or 'bisection' "
@@ -237,7 +242,9 @@ class SafeMeta(MetaLearner):
     def meta_step(self, pre: Rollout, post: Rollout, adapted: list[TaskPolicy]) -> dict[str, Any]:
         """CRPO switching: reduce the violated costs, else follow the meta-gradient."""
         pre_cost = pre.cost_return(self.cost_type)
-        violated = crpo_switch(pre_cost, self.cost_limit, self.params.delta, self.cfg.meta_margin)
+        episodes = pre.ep_cost if self.cost_type == "undiscounted" else pre.ep_disc_cost
+        violated = crpo_switch(pre_cost, self.cost_limit, self.params.delta, self.cfg.meta_margin,
+                               episodes, self.cfg.meta_switch_alpha)
         if violated.any():
             data, weights = pre, self._cost_weights(pre, violated)
         else:
@@ -271,10 +278,16 @@ class SafeMeta(MetaLearner):
         return np.concatenate(out)
 
 
-def crpo_switch(pre_cost: np.ndarray, cost_limit: np.ndarray, delta: np.ndarray, margin: float) -> np.ndarray:
+def crpo_switch(pre_cost: np.ndarray, cost_limit: np.ndarray, delta: np.ndarray, margin: float,
+                episodes: list[np.ndarray] | None = None, alpha: float = 0.0) -> np.ndarray:
     """(tasks, p) bool: J_c(π_φ) > (1 − margin)·d + δ, the constraints the meta-step reduces
-    (the margin keeps the meta-policy feasible on unseen tasks: anytime safety starts at π_φ)."""
-    return pre_cost > (1 - margin) * cost_limit + delta
+    (the margin keeps the meta-policy feasible on unseen tasks: anytime safety starts at π_φ).
+    With α > 0, J_c(π_φ) is each task's (1 − α) upper bound from its `episodes` (N, p) instead
+    of the mean `pre_cost`: a task whose few episodes cannot show it under the limit counts."""
+    level = pre_cost
+    if alpha > 0:
+        level = np.stack([upper_bound(c, alpha) for c in episodes])
+    return level > (1 - margin) * cost_limit + delta
 
 
 def missed_steps(pre_cost: np.ndarray, post_cost: np.ndarray, accepted: np.ndarray,
