@@ -6,7 +6,7 @@ evaluated with `--episodes` episodes per task; a task is *over* when the 95% int
 of its mean episode cost lies above the limit, *possibly over* when only the estimate
 does (`rollout/evaluation.py`).
 
-    python benchmarks/step0_splits.py RUN_DIR [RUN_DIR ...] [--tasks 20] [--episodes 50]
+    python benchmarks/step0_splits.py RUN_DIR [RUN_DIR ...] [--tasks 20] [--episodes 50] [--splits test ood]
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 
-def measure(run_dir: Path, n_tasks: int, episodes: int) -> list[dict]:
+def measure(run_dir: Path, n_tasks: int, episodes: int,
+            splits: tuple[str, ...] = ("test", "ood")) -> list[dict]:
     from safemeta.experiment.runner import Run, load_run
     from safemeta.meta_learner import Phase
     from safemeta.rollout.evaluation import interval, over, possibly_over
@@ -31,6 +32,8 @@ def measure(run_dir: Path, n_tasks: int, episodes: int) -> list[dict]:
     limit = float(algo.cost_limit[0])
     out = []
     for k, split in enumerate(("test", "ood")):
+        if split not in splits:
+            continue
         t0 = time.perf_counter()
         tasks = r.suite.sample_tasks(n_tasks, np.random.default_rng(4242 + k), split)
         meta = algo.meta_policies(len(tasks))
@@ -54,8 +57,10 @@ def main() -> None:
     ap.add_argument("run_dirs", type=Path, nargs="+")
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--splits", nargs="+", default=["test", "ood"], choices=["test", "ood"])
     args = ap.parse_args()
-    rows = [row for run in args.run_dirs for row in measure(run, args.tasks, args.episodes)]
+    splits = tuple(args.splits)
+    rows = [row for run in args.run_dirs for row in measure(run, args.tasks, args.episodes, splits)]
     print("\n| suite | split | tasks | episodes / task | over (95% CI) | possibly over | mean cost | "
           "max cost | limit | reward |")
     print("|" + "---|" * 10)

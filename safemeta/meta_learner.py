@@ -45,6 +45,10 @@ from safemeta.updates.trpo import trpo_step
 NAVIGATION = ("point-circle", "car-circle", "car-circle-nohazards", "point-button")
 PAPER_STEPS = {"point-circle": 5000, "car-circle": 5000, "car-circle-nohazards": 5000,
                "point-button": 10_000}  # else 8000
+# `medium` iterations where 200 would take hours on the 2-core development machine: car-circle's
+# 10 tasks x 20 episodes x 500 steps took about 26 s per 100k steps (so ~52 s per iteration),
+# point-button's horizon is 1,000 on slower physics (about 4x car-circle's per iteration).
+MEDIUM_ITERATIONS = {"car-circle": 60, "car-circle-nohazards": 60, "point-button": 40}  # else 200
 
 # Phases of a meta-training iteration, exclusive, summing to its training time.
 PHASES = ("t_sampling", "t_critic", "t_adapt", "t_outer")
@@ -223,11 +227,14 @@ class MetaLearner(Algorithm):
             test_steps=3,
             checkpoint_every=10,
         )
-        # About 30 minutes on the 2-core development machine (issue 14): 5x quick's
-        # iterations on twice its episodes, and a meta-test whose costs are near-true (each
-        # task's policy evaluated until its 95% interval decides, up to 100 episodes).
-        medium = {**quick, "iterations": 200, "episodes_per_task": 20, "val_tasks": 10, "eval_every": 10,
-                  "eval_episodes": 10, "eval_max_episodes": 100, "test_tasks": 10}
+        # About 30 minutes on the 2-core development machine for the locomotion suites, 1-2 hours
+        # for the navigation suites (issue 14, README "Results per suite"): 200 iterations
+        # (fewer where an iteration is slow) on twice quick's episodes, and a meta-test whose
+        # costs are near-true (each task's policy evaluated until its 95% interval decides, up to
+        # 100 episodes).
+        medium = {**quick, "iterations": MEDIUM_ITERATIONS.get(suite_id, 200), "episodes_per_task": 20,
+                  "val_tasks": 10, "eval_every": 10, "eval_episodes": 10, "eval_max_episodes": 100,
+                  "test_tasks": 10}
         paper = dict(
             init_log_std=-0.5 if nav else -1.0,
             iterations=300 if nav else 500,
