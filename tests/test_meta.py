@@ -248,41 +248,6 @@ def test_crpo_switch_reads_the_meta_policys_cost(
     assert row["pre_cost_max"] == max(pre_cost) and row["post_cost_max"] == max(post_cost)
 
 
-def test_per_task_switch_steps_on_each_tasks_own_objective(monkeypatch: pytest.MonkeyPatch) -> None:
-    """meta_switch=task: the one trust-region step takes the violated tasks' pre-adaptation
-    data with the cost weights (−A_c) and the other tasks' post-adaptation data with the
-    meta-gradient's weights (A^{π_τ}), task by task in order."""
-    algo = make_algo(seed=1, eval_every=100, meta_switch="task")  # d = 0.6, threshold 0.57
-    costs = iter([[0.9, 0.1, 0.575], [0.1, 0.9, 0.1]])
-    collect, step = algo.collect, algo.policy_step
-    seen: dict = {}
-
-    def fixed_cost(*args: object) -> object:
-        roll = collect(*args)
-        cost = np.array(next(costs))[:, None]
-        roll.cost_return = lambda kind: cost
-        seen.setdefault("rolls", []).append(roll)
-        return roll
-
-    def spy(data: object, weights: np.ndarray, states: np.ndarray) -> dict:
-        seen["data"], seen["weights"] = data, weights
-        return step(data, weights, states)
-
-    monkeypatch.setattr(algo, "collect", fixed_cost)
-    monkeypatch.setattr(algo, "policy_step", spy)
-    row = algo.train_iteration(1)
-    pre, post = seen["rolls"]
-    violated = np.array([[True], [False], [True]])
-    cost_w, reward_w = algo._cost_weights(pre, violated), algo._reward_weights(post)
-    sources = [(pre, cost_w), (post, reward_w), (pre, cost_w)]
-    expect_obs = np.concatenate([r.obs[r.slices[i]] for i, (r, _) in enumerate(sources)])
-    expect_w = np.concatenate([w[r.slices[i]] for i, (r, w) in enumerate(sources)])
-    np.testing.assert_array_equal(seen["data"].obs, expect_obs)
-    np.testing.assert_array_equal(seen["weights"], expect_w)
-    assert np.all(expect_w[: len(pre.obs[pre.slices[0]])] != 0)  # the violated task's cost step moves
-    assert row["n_switch"] == 2 and row["outer_cost_step"] == 1.0
-
-
 def test_theory_hyperparameters_and_presets() -> None:
     from safemeta.core.theory import theory_params
 

@@ -26,7 +26,7 @@ from safemeta.core.safety_test import ACCEPTED, BACKED_OFF, KEPT, adapt_tested, 
 from safemeta.core.theory import theory_params
 from safemeta.envs.base import Suite, Task
 from safemeta.meta_learner import MetaLearner, TaskPolicy
-from safemeta.rollout.buffer import Rollout, concat
+from safemeta.rollout.buffer import Rollout
 
 
 @dataclass
@@ -66,13 +66,6 @@ class SafeMetaConfig(GaussianConfig):
         "(the safety test's Student-t bound) instead of its mean, so that the meta-policy's cost is "
         "under the limit on most tasks, not on average (issue 10's step-0 target); 0: the mean",
         low=0, high=0.5)
-    meta_switch: str = param(
-        "any",
-        "CRPO switch of meta-training: 'any' violated task makes the whole meta-step a cost step "
-        "(the paper's); 'task': each violated task contributes its cost step (pre-adaptation data), "
-        "the others their meta-gradient (post-adaptation data), in one trust-region step",
-        choices=("any", "task"),
-    )
     dual: str = param(
         "sample",
         "adaptation multipliers: the batch-normalised sample dual (SPEC §2.2), or 'bisection' "
@@ -252,15 +245,10 @@ class SafeMeta(MetaLearner):
         episodes = pre.ep_cost if self.cost_type == "undiscounted" else pre.ep_disc_cost
         violated = crpo_switch(pre_cost, self.cost_limit, self.params.delta, self.cfg.meta_margin,
                                episodes, self.cfg.meta_switch_alpha)
-        if not violated.any():
-            data, weights = post, self._reward_weights(post)
-        elif self.cfg.meta_switch == "any" or violated.any(1).all():
+        if violated.any():
             data, weights = pre, self._cost_weights(pre, violated)
-        else:  # per task: the violated ones' cost step, the others' meta-gradient
-            cost_w, reward_w = self._cost_weights(pre, violated), self._reward_weights(post)
-            parts = [(pre.task(i), cost_w[pre.slices[i]]) if v else (post.task(i), reward_w[post.slices[i]])
-                     for i, v in enumerate(violated.any(1))]
-            data, weights = concat([r for r, _ in parts]), np.concatenate([w for _, w in parts])
+        else:
+            data, weights = post, self._reward_weights(post)
         info = self.policy_step(data, weights, pre.obs)
         accepted = np.array([a.log["accept_rate"] == 1.0 for a in adapted])
         missed = missed_steps(pre_cost, post.cost_return(self.cost_type), accepted, self.params.bound)
