@@ -271,6 +271,12 @@ def test_theory_hyperparameters_and_presets() -> None:
         assert paper.meta_batch == 10 and paper.test_tasks == 20 and paper.test_steps == 20
         assert paper.horizon == 0  # the suite's default horizon (its cost limit is quoted for it)
         assert paper.steps_per_task == (5000 if suite_id == "point-circle" else 8000)
+        medium = build(SafeMetaConfig, p["medium"])
+        # the switch on each task's upper bound with 20 episodes, the mean with quick's 10
+        assert medium.meta_switch_alpha == paper.meta_switch_alpha == 0.05
+        assert build(SafeMetaConfig, p["quick"]).meta_switch_alpha == 0.0
+        assert medium.iterations == 200 and medium.episodes_per_task == 20
+    assert build(SafeMetaConfig, SafeMeta.presets("car-circle")["medium"]).iterations == 60
 
 
 @pytest.mark.slow
