@@ -64,7 +64,8 @@ class SafeMetaConfig(GaussianConfig):
     meta_switch_alpha: float = param(
         0.0, "CRPO switch on each task's one-sided (1 − α) upper bound of J_c(π_φ) over its episodes "
         "(the safety test's Student-t bound) instead of its mean, so that the meta-policy's cost is "
-        "under the limit on most tasks, not on average (issue 10's step-0 target); 0: the mean",
+        "under the limit on most tasks, not on average (issue 10's step-0 target); 0: the mean "
+        "(the `medium` and `paper` presets: 0.05)",
         low=0, high=0.5)
     dual: str = param(
         "sample",
