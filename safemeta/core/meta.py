@@ -242,8 +242,8 @@ class SafeMeta(MetaLearner):
     @classmethod
     def presets(cls, suite_id: str) -> dict[str, dict[str, Any]]:
         """The shared budgets; `medium` and `paper` switch meta-training on each task's upper
-        bound of J_c(π_φ) (`meta_switch_alpha`): on point-circle `medium` it left no fresh
-        in-distribution task over the limit at step 0 (3 of 20 with the mean) for 12% less
+        bound of J_c(π_φ) (`meta_switch_alpha`): on point-circle `medium` it left 1 of 20 fresh
+        in-distribution tasks over the limit at step 0 (3 of 20 with the mean) at the same
         reward; with `quick`'s 10 episodes it cost three quarters of the reward (README)."""
         out = super().presets(suite_id)
         for name in ("medium", "paper"):
