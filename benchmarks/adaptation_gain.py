@@ -24,15 +24,9 @@ import numpy as np
 
 
 def run_setting(run_dir: Path, overrides: dict, n_tasks: int, steps: int) -> dict:
-    from safemeta import config as C
-    from safemeta.experiment.runner import Run, load_run
+    from safemeta.experiment.runner import load_algorithm
 
-    r, payload = load_run(run_dir)
-    cfg = C.build(type(r.cfg), C.to_dict(r.cfg), overrides)
-    root = np.random.SeedSequence(cfg.seed)
-    task_seq, algo_seq = root.spawn(2)
-    algo = r.algo_cls(cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
-    algo.load_state_dict(payload["algo"])
+    algo, _, r, _ = load_algorithm(run_dir, overrides, log=lambda m: None)
     tasks = r.suite.sample_tasks(n_tasks, np.random.default_rng(5151), "test")
     t0 = time.perf_counter()
     rows = algo.meta_test(tasks, steps)

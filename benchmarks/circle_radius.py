@@ -51,9 +51,9 @@ def fit(radius: np.ndarray, r_bar: np.ndarray) -> tuple[float, float]:
 
 
 def measure(run_dir: Path, n_tasks: int, episodes: int, split: str) -> dict:
-    from safemeta.experiment.render import load_algorithm
+    from safemeta.experiment.runner import load_algorithm
 
-    algo, _ = load_algorithm(run_dir, log=lambda m: None)
+    algo = load_algorithm(run_dir, log=lambda m: None).algo
     policy = algo.meta_policies(1)[0].policy
     tasks = algo.suite.sample_tasks(n_tasks, np.random.default_rng(4343), split)
     rows = []

@@ -66,19 +66,14 @@ def load_rounds(path: Path | None, run_dir: Path, key: str) -> dict[int, dict]:
 def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], test_sets: list[str],
             partial=None, rounds_file: Path | None = None) -> dict:  # type: ignore[no-untyped-def]
     from safemeta import config as C
-    from safemeta.experiment.runner import Run, load_run
+    from safemeta.experiment.runner import load_algorithm
     from safemeta.meta_learner import Phase
 
-    r, payload = load_run(run_dir)
-    base_cfg = C.to_dict(r.cfg)
     algos = {}
     for name, over in METHODS.items():
         own = C.parse_overrides(test_sets) if over["safety_test"] != "off" else {}
-        cfg = C.build(type(r.cfg), base_cfg, over, C.parse_overrides(sets), own)
-        root = np.random.SeedSequence(cfg.seed)
-        task_seq, algo_seq = root.spawn(2)
-        algo = r.algo_cls(cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
-        algos[name] = algo
+        algos[name], _, r, payload = load_algorithm(run_dir, over, C.parse_overrides(sets), own,
+                                                    log=lambda m: None)
     first = next(iter(algos.values()))
     episodes = first.cfg.episodes_per_task  # of the sample each step adapts on
     limit = first.cost_limit + first.relaxation()

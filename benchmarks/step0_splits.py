@@ -20,15 +20,11 @@ import numpy as np
 
 def measure(run_dir: Path, n_tasks: int, episodes: int,
             splits: tuple[str, ...] = ("test", "ood")) -> list[dict]:
-    from safemeta.experiment.runner import Run, load_run
+    from safemeta.experiment.runner import load_algorithm
     from safemeta.meta_learner import Phase
     from safemeta.rollout.evaluation import interval, over, possibly_over
 
-    r, payload = load_run(run_dir)
-    root = np.random.SeedSequence(r.cfg.seed)
-    task_seq, algo_seq = root.spawn(2)
-    algo = r.algo_cls(r.cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
-    algo.load_state_dict(payload["algo"])
+    algo, _, r, _ = load_algorithm(run_dir, log=lambda m: None)
     limit = float(algo.cost_limit[0])
     out = []
     for k, split in enumerate(("test", "ood")):

@@ -37,14 +37,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from safemeta import config as C
-    from safemeta.experiment.runner import Run, load_run
+    from safemeta.experiment.runner import load_algorithm
+    from safemeta.meta_learner import Phase
 
-    r, payload = load_run(args.run_dir)
-    cfg = C.build(type(r.cfg), C.to_dict(r.cfg), C.parse_overrides(args.sets))
-    root = np.random.SeedSequence(cfg.seed)
-    task_seq, algo_seq = root.spawn(2)
-    algo = r.algo_cls(cfg, r.suite, Run(r, log=lambda m: None).tasks(task_seq), algo_seq)
-    algo.load_state_dict(payload["algo"])
+    algo, _, r, _ = load_algorithm(args.run_dir, C.parse_overrides(args.sets), log=lambda m: None)
+    cfg = algo.cfg
     algo.rng = np.random.default_rng(12345)  # fresh tasks, not the training stream
     episodes = args.episodes or cfg.episodes_per_task
     limit = algo.cost_limit + algo.relaxation()
@@ -53,13 +50,13 @@ def main() -> None:
     for k in range(args.rounds):
         tasks = r.suite.sample_tasks(r.cfg.meta_batch, algo.rng, "train")
         base = algo.meta_policies(len(tasks))
-        pre = algo.collect(tasks, base, episodes)
+        pre = algo.collect(tasks, base, Phase.PRE, 20_000 + k, episodes=episodes)
         adapted = algo.adapt(pre, base)
-        post = algo.collect(tasks, adapted, episodes)
-        again = algo.collect(tasks, base, episodes)
+        post = algo.collect(tasks, adapted, Phase.POST, 20_000 + k, episodes=episodes)
+        again = algo.collect(tasks, base, Phase.PRE, 30_000 + k, episodes=episodes)
         pre_c, post_c, again_c = (x.cost_return(algo.cost_type) for x in (pre, post, again))
         feasible = np.all(pre_c <= limit, axis=1)
-        accepted = np.array([a.log["accept_rate"] == 1.0 for a in adapted])
+        accepted = np.array([a.policy is not b.policy for a, b in zip(adapted, base)])  # moved from π_k
         counts["feasible"] += int(feasible.sum())
         counts["accepted"] += int((feasible & accepted).sum())
         counts["missed"] += int((feasible & accepted & np.any(post_c > limit, axis=1)).sum())

@@ -16,6 +16,7 @@ import pytest
 from safemeta.cli import main
 from safemeta.envs.video import save_video
 from safemeta.experiment import render as R
+from safemeta.experiment.runner import load_algorithm
 from safemeta.nn.policy import GaussianPolicy
 
 TINY = ["--env", "point-circle", "--no-progress"] + [
@@ -238,7 +239,7 @@ def test_when_rendering_fails_render_says_why_in_one_line_and_the_report_in_one_
     assert main(["render", str(run), "--frames", "2"]) == 2
     err = capsys.readouterr().err
     assert err == "safemeta: error: rendering failed: offscreen rendering does not work here (egl: ...)\n"
-    algo, tasks = R.load_algorithm(run)
+    algo, tasks, *_ = load_algorithm(run)
     try:
         lines = R.report_video(algo, tasks["test"][0], 1, run / "unused")
     finally:

@@ -355,18 +355,6 @@ def write_gif(frames: Sequence[np.ndarray], out: Path, fps: int) -> None:
 
 # ------------------------------------------------------------------ from a run directory
 
-def load_algorithm(run_dir: Path, log: Callable[[str], None] = print) -> tuple[Any, dict[str, list[Task]]]:
-    """A finished run's algorithm at its latest checkpoint, and the run's tasks."""
-    from safemeta.experiment.runner import Run, load_run
-
-    r, payload = load_run(run_dir)
-    task_seq, algo_seq = np.random.SeedSequence(r.cfg.seed).spawn(2)
-    tasks = Run(r, log).tasks(task_seq)
-    algo = r.algo_cls(r.cfg, r.suite, tasks, algo_seq)
-    algo.load_state_dict(payload["algo"])
-    return algo, tasks
-
-
 def render_run(run_dir: Path, task_index: int | None = None, task_file: str | None = None,
                steps: int | None = None, out: Path | None = None, spec: VideoSpec = VideoSpec(),
                log: Callable[[str], None] = print) -> tuple[Path, list[Clip]]:
@@ -383,7 +371,9 @@ def render_run(run_dir: Path, task_index: int | None = None, task_file: str | No
     if mp4 and importlib.util.find_spec("imageio_ffmpeg") is None:
         raise ConfigError("--out: writing .mp4 needs an ffmpeg writer; install it with "
                           "`pip install imageio-ffmpeg`, or write a .gif")
-    algo, tasks = load_algorithm(run_dir, log)
+    from safemeta.experiment.runner import load_algorithm
+
+    algo, tasks, *_ = load_algorithm(run_dir, log=log)
     try:
         if task_file is not None:
             given = read_task_file(algo.suite, task_file)
@@ -446,7 +436,9 @@ def report_gif(run_dir: Path | str, out_path: Path | str) -> str | None:
     if _switched_off():
         return f"No video: turned off ({REPORT_SWITCH}=0)."
     try:
-        algo, tasks = load_algorithm(run_dir, log=lambda m: None)
+        from safemeta.experiment.runner import load_algorithm
+
+        algo, tasks, *_ = load_algorithm(run_dir, log=lambda m: None)
     except Exception as e:  # noqa: BLE001 - a report line, never a failed comparison
         return f"No video: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
     try:

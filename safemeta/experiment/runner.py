@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import yaml
@@ -469,6 +469,26 @@ def load_run(run_dir: Path) -> tuple[Resolved, dict[str, Any]]:
     if found is None:
         raise C.ConfigError(f"RUN_DIR: {run_dir} has no usable checkpoint; train it first")
     return r, found[1]
+
+
+class Loaded(NamedTuple):
+    """A finished run's algorithm at its latest checkpoint, with what it was built from."""
+    algo: Algorithm
+    tasks: dict[str, list[Task]]  # the run's own tasks, by split
+    run: Resolved
+    payload: dict[str, Any]  # the checkpoint (payload["algo"] restores the trained state)
+
+
+def load_algorithm(run_dir: Path, *overrides: dict[str, Any], log: Callable[[str], None] = print) -> Loaded:
+    """The algorithm of a finished run, its config with each of `overrides` applied in turn
+    (benchmarks' settings; the trained state is the checkpoint's), its own seeds and tasks."""
+    r, payload = load_run(run_dir)
+    cfg = C.build(type(r.cfg), C.to_dict(r.cfg), *overrides) if overrides else r.cfg
+    task_seq, algo_seq = np.random.SeedSequence(cfg.seed).spawn(2)
+    tasks = Run(r, log).tasks(task_seq)
+    algo = r.algo_cls(cfg, r.suite, tasks, algo_seq)
+    algo.load_state_dict(payload["algo"])
+    return Loaded(algo, tasks, r, payload)
 
 
 # What `safemeta test --set` may change: how the meta-test adapts and evaluates, never what
