@@ -75,6 +75,10 @@ class GaussianConfig(CommonConfig):
     steps_per_task: int = param(
         0, "step budget per task per data collection: whole episodes until at least N steps "
         "(the paper's 'batch N per task'); 0: episodes_per_task episodes", low=0, high=10**8)
+    test_episodes_per_task: int = param(
+        0, "meta-test: exploration episodes per task and adaptation step (the data each step adapts "
+        "and is safety-tested on); 0: the training budget (steps_per_task or episodes_per_task)",
+        low=0, high=10_000)
     envs_per_task: int = param(0, "envs stepped in parallel per task; 0: one per episode "
                                "(with steps_per_task: enough for one round of full-length episodes)",
                                low=0, high=10_000)

@@ -56,8 +56,8 @@ def test_every_algorithm_sees_the_same_tasks_and_budgets(tmp_path: Path) -> None
     tasks = {a: json.loads((out / a / "s0" / "tasks.json").read_text()) for a in ALGO_IDS}
     shared = json.loads((out / "tasks-s0.json").read_text())
     assert all(t == shared for t in tasks.values())
-    budgets = ("meta_batch", "episodes_per_task", "steps_per_task", "horizon", "eval_episodes", "test_tasks",
-               "test_steps", "hidden", "gamma", "critic", "seed")
+    budgets = ("meta_batch", "episodes_per_task", "steps_per_task", "test_episodes_per_task", "horizon",
+               "eval_episodes", "test_tasks", "test_steps", "hidden", "gamma", "critic", "seed")
     cfgs = {a: yaml.safe_load((out / a / "s0" / "config.yaml").read_text())["config"] for a in ALGO_IDS}
     for key in budgets:
         assert len({str(c[key]) for c in cfgs.values()}) == 1, key

@@ -276,7 +276,21 @@ def test_theory_hyperparameters_and_presets() -> None:
         assert medium.meta_switch_alpha == paper.meta_switch_alpha == 0.05
         assert build(SafeMetaConfig, p["quick"]).meta_switch_alpha == 0.0
         assert medium.iterations == 200 and medium.episodes_per_task == 20
+        assert medium.test_episodes_per_task == 40 and paper.test_episodes_per_task == 0
     assert build(SafeMetaConfig, SafeMeta.presets("car-circle")["medium"]).iterations == 60
+
+
+def test_meta_test_explores_test_episodes_per_task() -> None:
+    """Each meta-test adaptation step explores test_episodes_per_task episodes per task (the
+    toy's episodes all run the horizon of 8 steps), else the training budget; at most 2 is
+    refused with the held-out test."""
+    for test_eps, per_task in ((0, 6 * 8), (5, 5 * 8)):
+        algo = make_algo(test_episodes_per_task=test_eps)
+        rows = algo.meta_test(algo.tasks["test"], 2)
+        algo.close()
+        assert [r["steps_per_task"] for r in rows[:-1]] == [per_task, per_task]
+    with pytest.raises(ConfigError, match="test_episodes_per_task: got 2 with safety_test=t; accepted 0"):
+        make_algo(test_episodes_per_task=2, safety_test="t")
 
 
 @pytest.mark.slow

@@ -146,6 +146,10 @@ class SafeMetaConfig(GaussianConfig):
             raise ConfigError(f"episodes_per_task: got {self.episodes_per_task} with safety_test="
                               f"{self.safety_test}; accepted >= 3 (the test holds episodes out), or "
                               "safety_test=off")
+        if self.safety_test != "off" and 0 < self.test_episodes_per_task < 3:
+            raise ConfigError(f"test_episodes_per_task: got {self.test_episodes_per_task} with safety_test="
+                              f"{self.safety_test}; accepted 0 (the training budget) or >= 3 (the test holds "
+                              "episodes out)")
         if self.safety_test == "bernstein" and not self.safety_range > 0:
             raise ConfigError("safety_range: got 0 with safety_test=bernstein; accepted the range b > 0 of "
                               "the per-episode cost surrogate (e.g. the horizon for a 0/1 cost)")

@@ -35,9 +35,9 @@ from safemeta.experiment.runner import Resolved, Run, RunSpec, resolve
 # What must be equal for a comparison to be fair: the data every algorithm sees per task
 # and the networks it learns with. Iterations are compared among meta-learning algorithms
 # only (from-scratch ones do not meta-train).
-BUDGET_FIELDS = ("meta_batch", "episodes_per_task", "steps_per_task", "horizon", "envs_per_task",
-                 "eval_episodes", "val_tasks", "test_tasks", "test_steps", "hidden", "gamma", "critic",
-                 "init_log_std")
+BUDGET_FIELDS = ("meta_batch", "episodes_per_task", "steps_per_task", "test_episodes_per_task", "horizon",
+                 "envs_per_task", "eval_episodes", "val_tasks", "test_tasks", "test_steps", "hidden", "gamma",
+                 "critic", "init_log_std")
 
 
 @dataclass

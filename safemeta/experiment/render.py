@@ -297,7 +297,8 @@ def adapted_policies(algo: Any, task: Task, index: int, steps: int) -> list[Any]
     out = [current[0].policy]
     with torch_threads(algo.cfg.torch_threads):
         for t in range(steps):
-            data = algo.collect([task], current, Phase.TEST_DATA, t, index)
+            data = algo.collect([task], current, Phase.TEST_DATA, t, index,
+                                episodes=algo.cfg.test_episodes_per_task or None)
             algo.estimate(data)
             current = algo.adapt(data, current)
             out.append(current[0].policy)
