@@ -8,6 +8,9 @@ step, the reward gain over the steps (relative to |step-0 reward|), and the suit
 unconstrained reference for the run's preset (`safemeta/references.json`), if stored.
 
     python benchmarks/results_table.py RUN_DIR [RUN_DIR ...]
+
+A RUN_DIR may also be a meta-test directory of a run (`safemeta test RUN --set ...` writes
+RUN/test-KEY=VALUE): its rows, labelled with the settings, and the run's config.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ def rows_of(run_dir: Path) -> list[str]:
     from safemeta.experiment import reference
     from safemeta.experiment.metrics import read_rows
 
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    env = saved["env"]
+    run = run_dir if (run_dir / "config.yaml").exists() else run_dir.parent  # a run, or its test dir
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    env = saved["env"] if run == run_dir else f"{saved['env']} ({run_dir.name})"
     test = [r for r in read_rows(run_dir / "metrics.csv") if r["phase"] == "meta_test"]
     if not test:
         raise SystemExit(f"{run_dir}: no meta-test rows in metrics.csv (is the run finished?)")
@@ -38,7 +42,7 @@ def rows_of(run_dir: Path) -> list[str]:
     gain = (rl - r0) / abs(r0) if r0 else float("nan")
     kl = ", ".join(f"{num(r, 'kl'):.3f}" for r in steps)
     moves = " / ".join(f"{sum(num(r, k) for r in steps):g}" for k in ("n_accepted", "n_backed_off", "n_kept"))
-    ref = reference.for_run(run_dir)
+    ref = reference.for_run(run)
     ref_txt = ("not yet measured" if ref is None
                else f"reward {ref['reward']:.1f}, mean cost {ref['cost_mean']:.1f}")
     n_tasks = len(yaml.safe_load((run_dir / "meta_test_tasks.json").read_text())) \
