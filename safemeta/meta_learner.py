@@ -591,8 +591,9 @@ class MetaLearner(Algorithm):
         run more episodes, where episodes end early or an env starts another while its task
         is under budget)."""
         mixes = [p.state.get("mix") for p in current]
+        timer = "t_sampling" if phase == Phase.TEST_DATA else "t_eval"  # data (any budget), or evaluation
         if not any(mixes):
-            roll = self.collect(tasks, current, phase, counter, first, episodes, index)
+            roll = self.collect(tasks, current, phase, counter, first, episodes, index, timer)
             return Collected(roll, [self._episode_costs(roll, i) for i in range(len(tasks))],
                              list(roll.ep_return), len(roll.obs))
         c = self.cfg
@@ -607,8 +608,6 @@ class MetaLearner(Algorithm):
         own_n = [n if m is None else draw(m[0], k) for m, k in zip(mixes, keys)]
         parts: dict[int, Rollout] = {}
         safe: dict[int, Rollout] = {}
-
-        timer = "t_sampling" if phase == Phase.TEST_DATA else "t_eval"
 
         def run(count: dict[int, int | None], policy: dict[int, TaskPolicy], ph: Phase, ctr: int,
                 into: dict) -> None:  # task i: count[i] episodes (None: the budget), one collection per count

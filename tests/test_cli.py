@@ -177,6 +177,30 @@ def test_bad_task_file_exits_2_with_one_line_before_any_work(tmp_path: Path, tex
     assert not (tmp_path / "o").exists()
 
 
+def test_a_run_written_before_a_preset_field_resumes_with_its_default(tmp_path: Path) -> None:
+    """medium now sets test_episodes_per_task = 40; a medium run whose config.yaml predates
+    the field resumes (and is loaded) with the default 0, the behaviour it had; asking for 40
+    on resume is refused as another config; a new run gets 40."""
+    from safemeta.config import ConfigError
+    from safemeta.experiment.runner import Run, RunSpec, resolve
+
+    def spec(out: Path, resume: bool, **over: object) -> RunSpec:
+        return RunSpec(env="point-circle", preset="medium", out=str(out), resume=resume, overrides=over)
+
+    old = tmp_path / "old"
+    Run(resolve(spec(old, False))).prepare()
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    assert saved["config"]["test_episodes_per_task"] == 40
+    del saved["config"]["test_episodes_per_task"]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    r = resolve(spec(old, True))
+    assert r.cfg.test_episodes_per_task == 0 and r.cfg.eval_max_episodes == 100  # the rest: medium's
+    Run(r).prepare()  # accepted
+    with pytest.raises(ConfigError, match="test_episodes_per_task: saved 0, requested 40"):
+        Run(resolve(spec(old, True, test_episodes_per_task=40))).prepare()
+    assert resolve(spec(tmp_path / "new", True)).cfg.test_episodes_per_task == 40
+
+
 def test_task_file_of_another_run_is_refused_on_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out)]) == 0

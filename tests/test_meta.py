@@ -289,6 +289,7 @@ def test_meta_test_explores_test_episodes_per_task() -> None:
         rows = algo.meta_test(algo.tasks["test"], 2)
         algo.close()
         assert [r["steps_per_task"] for r in rows[:-1]] == [per_task, per_task]
+        assert algo.meta_test_phases["t_sampling"] > 0  # exploration, booked as data whatever its budget
     with pytest.raises(ConfigError, match="test_episodes_per_task: got 2 with safety_test=t; accepted 0"):
         make_algo(test_episodes_per_task=2, safety_test="t")
 

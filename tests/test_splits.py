@@ -206,6 +206,13 @@ def test_compare_keeps_one_split_per_directory(tmp_path: Path, capsys) -> None:
         "env": "point-circle", "preset": "quick", "overrides": {"horizon": "30"}, "split": "ood"}
     first = resolve_all(spec)["safemeta"]
     assert first.cfg.test_split == "ood" and "5 tasks of the 'ood' split" in _budget_line(first)
+    assert _budget_line(first).endswith("adaptation steps, each exploring the same budget; "
+                                        "5 evaluation episodes per policy")
+    medium = resolve_all(CompareSpec("point-circle", ["safemeta"], 1, "medium", {}, str(tmp_path / "m")))
+    assert _budget_line(medium["safemeta"]) == (
+        "budget per task and data collection: 20 episodes of at most 500 steps; 10 tasks per meta-iteration; "
+        "meta-test: 10 tasks of the 'test' split x 3 adaptation steps, each exploring 40 episodes; 10 "
+        "evaluation episodes per policy, more until its cost interval decides (up to 100)")
     radii = [t["radius"] for t in seed_tasks(first, 0)["test"]]
     assert all(2.0 <= x <= 2.5 for x in radii)
     assert all(1.0 <= t["radius"] <= 1.5 for t in seed_tasks(first, 0)["val"])

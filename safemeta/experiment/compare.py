@@ -227,7 +227,10 @@ def _budget_line(r: Resolved) -> str:
     horizon = cfg.horizon or r.suite.horizon
     data = (f"{cfg.steps_per_task} environment steps (whole episodes)" if cfg.steps_per_task
             else f"{cfg.episodes_per_task} episodes of at most {horizon} steps")
+    explore = f"{cfg.test_episodes_per_task} episodes" if cfg.test_episodes_per_task else "the same budget"
+    evaluation = f"{cfg.eval_episodes} evaluation episodes per policy"
+    if cfg.eval_max_episodes:
+        evaluation += f", more until its cost interval decides (up to {cfg.eval_max_episodes})"
     return (f"budget per task and data collection: {data}; {cfg.meta_batch} tasks per meta-iteration; "
             f"meta-test: {cfg.test_tasks} tasks of the {cfg.test_split!r} split x {cfg.test_steps} "
-            "adaptation steps, "
-            f"{cfg.eval_episodes} evaluation episodes per policy")
+            f"adaptation steps, each exploring {explore}; {evaluation}")

@@ -96,7 +96,7 @@ def resolve(spec: RunSpec) -> Resolved:
     except ValueError as e:
         raise C.ConfigError(str(e)) from None
     algo_cls = algorithm(spec.algo, suite.family)
-    layers = [algo_cls.presets(spec.env).get(spec.preset, {})]
+    layers = [_preset_for(spec, algo_cls)]
     if spec.config_file:
         layers.append(C.load_yaml(spec.config_file))
     layers.append(spec.overrides)
@@ -113,6 +113,24 @@ def resolve(spec: RunSpec) -> Resolved:
     default_out = f"runs/{spec.env}-{spec.algo}-s{cfg.seed}"
     given = read_task_file(suite, spec.task_file) if spec.task_file else {}
     return Resolved(spec, suite, algo_cls, cfg, Path(spec.out or default_out), given)
+
+
+def _preset_for(spec: RunSpec, algo_cls: type[Algorithm]) -> dict[str, Any]:
+    """The preset's fields, less those a resumed run's saved config lacks: such a field was
+    added to safemeta after the run was written and keeps its default, the behaviour the run
+    had (a preset that now sets it, e.g. medium's test_episodes_per_task, does not change an
+    old run); a value given on the command line still counts, and is checked against it."""
+    preset = algo_cls.presets(spec.env).get(spec.preset, {})
+    saved = Path(spec.out) / "config.yaml" if spec.resume and spec.out else None
+    if saved is None or not saved.exists():
+        return preset
+    try:
+        have = (yaml.safe_load(saved.read_text()) or {}).get("config")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return preset  # a damaged config.yaml is reported by Run.prepare
+    if not isinstance(have, dict):
+        return preset
+    return {k: v for k, v in preset.items() if k in have}
 
 
 def read_task_file(suite: Suite, path: str | Path) -> dict[str, list[Task]]:
