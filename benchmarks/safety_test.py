@@ -75,7 +75,8 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
         algos[name], _, r, payload = load_algorithm(run_dir, over, C.parse_overrides(sets), own,
                                                     log=lambda m: None)
     first = next(iter(algos.values()))
-    episodes = first.cfg.episodes_per_task  # of the sample each step adapts on
+    # of the sample each step adapts on: meta-test's exploration budget
+    episodes = first.cfg.test_episodes_per_task or first.cfg.episodes_per_task
     limit = first.cost_limit + first.relaxation()
     rng = np.random.default_rng(777)
     batch = r.cfg.meta_batch
@@ -101,7 +102,8 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
         cost0, rew0 = ev0.cost_return(first.cost_type), ev0.reward_return()
         feasible = np.all(cost0 <= limit, axis=1)
         for m, (name, algo) in enumerate(algos.items()):
-            data = first.collect(tasks, base, Phase.PRE, 50_000 + rnd)  # the same sample, fresh cache
+            data = first.collect(tasks, base, Phase.PRE, 50_000 + rnd,  # the same sample, fresh cache
+                                 episodes=first.cfg.test_episodes_per_task or None)
             ts = time.perf_counter()
             adapted = algo.adapt(data, base)
             out[name]["times"].append((time.perf_counter() - ts) / len(tasks))
