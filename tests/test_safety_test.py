@@ -134,6 +134,67 @@ def test_an_unsafe_step_is_accepted_at_rate_at_most_alpha() -> None:
     assert bad == 0 and full >= 0.8 and kept <= 0.02
 
 
+def test_fixed_sequence_keeps_the_rate_at_most_alpha() -> None:
+    """The same unsafe full step under the fixed sequence (1/4, 1/2, 1, each at α/2): it can
+    only be handed out after its safe halves, and at most at rate α."""
+    seeds, alpha = 400, 0.05
+    bad, full, _ = _accept_rates(0.0, 0.1, 0.96, seeds, safety_multiplicity="fixed_sequence")
+    assert bad <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / seeds)
+    assert full == bad
+
+
+def _tested_means(monkeypatch: pytest.MonkeyPatch, limit: float, rule: str
+                  ) -> tuple[list[float], st.TestOutcome]:
+    """The policy means the test evaluates, in order, for π_k = N(0, 0.3²) and the candidate
+    N(0.1, 0.3²) (fractions 1, 1/2, 1/4 have means 0.1, 0.05, 0.025), on 2000 held-out
+    episodes, so that every decision is far from chance."""
+    cfg = config(lam_c=0.0, safety_multiplicity=rule)
+    pk, cand = _constant_policy(0.0), _constant_policy(0.1)
+    held = _held_out(pk, 2000, np.random.default_rng(0))
+    means: list[float] = []
+    surrogates = st.episode_surrogates
+
+    def recorded(policy, ref, part, lam_c):  # type: ignore[no-untyped-def]
+        with torch.no_grad():
+            means.append(round(policy(torch.zeros(1, 1))[0].item(), 6))
+        return surrogates(policy, ref, part, lam_c)
+
+    monkeypatch.setattr(st, "episode_surrogates", recorded)
+    out = st.safety_test(cand, pk, held, st.own_bound(held.ep_cost, cfg), params(cfg, [limit]), cfg,
+                         np.array([False]))
+    return means, out
+
+
+def test_the_two_rules_test_the_fractions_in_their_orders(monkeypatch: pytest.MonkeyPatch) -> None:
+    # true costs: π_k 0.9, fractions 1/4, 1/2, 1: 0.90625, 0.925, 1.0; limit 0.96 between the
+    # half and the full step: Bonferroni tests 1 (fails) then 1/2 (passes); the sequence tests
+    # 1/4, 1/2 (pass) and 1 (fails), and hands out the largest that passed: 1/2 either way
+    means, out = _tested_means(monkeypatch, 0.96, "bonferroni")
+    assert means == [0.1, 0.05] and out.status == st.BACKED_OFF and out.fraction == 0.5
+    means, out = _tested_means(monkeypatch, 0.96, "fixed_sequence")
+    assert means == [0.025, 0.05, 0.1] and out.status == st.BACKED_OFF and out.fraction == 0.5
+    # a limit every fraction meets: Bonferroni stops at the full step, the sequence reaches it
+    means, out = _tested_means(monkeypatch, 1.5, "bonferroni")
+    assert means == [0.1] and out.status == st.ACCEPTED and out.fraction == 1.0
+    means, out = _tested_means(monkeypatch, 1.5, "fixed_sequence")
+    assert means == [0.025, 0.05, 0.1] and out.status == st.ACCEPTED and out.fraction == 1.0
+    # a limit below π_k's own cost: the sequence stops at its first fraction and keeps π_k
+    means, out = _tested_means(monkeypatch, 0.8, "fixed_sequence")
+    assert means == [0.025] and out.status == st.KEPT
+
+
+def test_each_rule_spends_its_share_of_alpha() -> None:
+    d = np.array([[1.0], [2.0], [4.0], [5.0]])  # mean 3, s² = 10/3, no skew
+    # Bonferroni with K = 3: each change at α/(2K) = 0.05/6, t_{1 − 0.05/6, 3} = 4.851...;
+    # the fixed sequence: α/2 = 0.025, t_{0.975, 3} = 3.182446 (tables)
+    from scipy import stats
+    t6 = stats.t.ppf(1 - 0.05 / 6, 3)
+    assert st.change_bound(d, config())[0] == pytest.approx(3 + t6 * np.sqrt(10 / 3) / 2, rel=1e-9)
+    seq = config(safety_multiplicity="fixed_sequence")
+    assert st.change_bound(d, seq)[0] == pytest.approx(3 + 3.182446 * np.sqrt(10 / 3) / 2, rel=1e-6)
+    assert st.change_width(d, 4, seq)[0] == pytest.approx(3.182446 * np.sqrt(10 / 3) / 2, rel=1e-6)
+
+
 def test_recovery_accepts_a_verified_decrease_only() -> None:
     """π_k = N(0.5, 0.3²) is over the limit (3.4 > 1.0). A step to N(0.4, 0.3²) (2.5: still
     over, but lower) is a verified decrease; a step to N(0.6, 0.3²) (4.5) must be refused

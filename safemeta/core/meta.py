@@ -120,8 +120,15 @@ class SafeMetaConfig(GaussianConfig):
                                 "exceeds d + δ", low=0, low_open=True, high=0.5)
     safety_split: float = param(0.4, "safety test: fraction of π_k's episodes per task held out for it",
                                 low=0, low_open=True, high=0.9)
-    safety_retests: int = param(3, "safety test: step fractions tested (1, 1/2, 1/4, ...), α split "
-                                "among them", low=1, high=10)
+    safety_retests: int = param(3, "safety test: step fractions tested (1, 1/2, 1/4, ...)", low=1, high=10)
+    safety_multiplicity: str = param(
+        "bonferroni",
+        "safety test: how the fractions share α: 'bonferroni' tests 1, 1/2, ... each at α/(2K) and hands "
+        "out the first that passes; 'fixed_sequence' tests the smallest first, each at α/2, and hands "
+        "out the largest of the passing run (Maurer et al. 1995: the order is fixed beforehand, so no "
+        "split is needed)",
+        choices=("bonferroni", "fixed_sequence"),
+    )
     safety_inflate: float = param(
         0.0, "safety test: candidate selection aims at mean + this × the test's predicted half-width "
         "(Thomas et al. 2019 double it; on halfcheetah-vel 0 kept the most reward gain: README)",

@@ -25,9 +25,12 @@ Science 2019; high-confidence off-policy evaluation, Thomas et al. 2015):
    own bound + change bound ≤ d + δ for every constraint; else test the step backed off
    to 1/2, 1/4, ... of itself (K = `safety_retests` fractions in all); else keep π_k
    exactly. By the union bound, a policy handed out exceeds d + δ in its surrogate with
-   probability ≤ α/2 + K·α/(2K) = α. Splitting the bound this way is what makes the test
-   usable with ten episodes: π_k's cost is bounded on all of them, and the change, whose
-   spread is far smaller than the episode costs', on the held-out few.
+   probability ≤ α/2 + K·α/(2K) = α. Or (`safety_multiplicity = fixed_sequence`) test the
+   fractions from the smallest up, each at α/2, and hand out the largest before the first
+   failure: a sequence fixed in advance keeps the same α without dividing it. Splitting
+   the bound this way is what makes the test usable with ten episodes: π_k's cost is
+   bounded on all of them, and the change, whose spread is far smaller than the episode
+   costs', on the held-out few.
 
 When π_k itself is over the limit (its mean cost over all its episodes exceeds d + δ:
 *recovering*), a step is also accepted when it is a verified decrease: the change's upper
@@ -187,10 +190,18 @@ def own_bound(own: np.ndarray, cfg: SafeMetaConfig) -> np.ndarray:
     return upper_bound(own, cfg.safety_alpha / 2, cfg.safety_test, cfg.safety_range)
 
 
+def change_alpha(cfg: SafeMetaConfig) -> float:
+    """The level of each test of the change: α/(2K) for K = safety_retests fractions under the
+    Bonferroni rule, α/2 under the fixed sequence (each fraction tested at the full half)."""
+    if cfg.safety_multiplicity == "fixed_sequence":
+        return cfg.safety_alpha / 2
+    return cfg.safety_alpha / (2 * cfg.safety_retests)
+
+
 def change_bound(d: np.ndarray, cfg: SafeMetaConfig) -> np.ndarray:
-    """(p,) the (1 − α/(2K)) upper bound of the mean surrogate change X_j − C_j (m, p) on the
-    held-out part, K = safety_retests (Bernstein: the change lies in [−b, b])."""
-    alpha = cfg.safety_alpha / (2 * cfg.safety_retests)
+    """(p,) the (1 − `change_alpha`) upper bound of the mean surrogate change X_j − C_j (m, p)
+    on the held-out part (Bernstein: the change lies in [−b, b])."""
+    alpha = change_alpha(cfg)
     if cfg.safety_test == "bernstein":
         b = cfg.safety_range
         return upper_bound(d + b, alpha, "bernstein", 2 * b) - b
@@ -199,7 +210,7 @@ def change_bound(d: np.ndarray, cfg: SafeMetaConfig) -> np.ndarray:
 
 def change_width(d: np.ndarray, m: int, cfg: SafeMetaConfig) -> np.ndarray:
     """The half-width `change_bound` will have with m held-out values of d's spread."""
-    alpha = cfg.safety_alpha / (2 * cfg.safety_retests)
+    alpha = change_alpha(cfg)
     b = 2 * cfg.safety_range
     return half_width(d.std(0, ddof=1), m, alpha, cfg.safety_test, b)
 
@@ -241,20 +252,32 @@ def safety_test(candidate: GaussianPolicy, policy_k: GaussianPolicy, held: Episo
     """The held-out test of the candidate at fractions 1, 1/2, ... of its step; π_k itself
     (the very object) when none passes. `own_ub`: `own_bound` of π_k's episodes.
 
-    P(a policy handed out has J_c > d + δ) ≤ α/2 (π_k's bound) + K · α/(2K) (the changes),
+    Bonferroni (`safety_multiplicity`): the fractions from the largest, each at α/(2K), the
+    first that passes is handed out. Fixed sequence: from the smallest, each at α/2, stopping
+    at the first that fails; the largest that passed is handed out. A fixed order needs no
+    split: an unsafe policy can only be handed out if the first unsafe fraction in the order
+    passes its own test (Maurer, Hothorn & Lehmacher 1995). Either way
+
+    P(a policy handed out has J_c > d + δ) ≤ α/2 (π_k's bound) + α/2 (the changes),
+
     up to the accuracy of the bound and of the surrogate as a bound on J_c."""
     theta_k, theta = policy_k.flat_params(), candidate.flat_params()
     bound, estimate = own_ub, held.ep_cost.mean(0) if held.m else np.full(len(own_ub), np.nan)
-    trial = copy.deepcopy(candidate)
-    for j in range(cfg.safety_retests):
-        f = 0.5**j
+    sequence = cfg.safety_multiplicity == "fixed_sequence"
+    fractions = [0.5**j for j in range(cfg.safety_retests)]
+    passed: TestOutcome | None = None
+    for f in fractions[::-1] if sequence else fractions:
+        trial = copy.deepcopy(candidate)
         trial.set_flat_params(theta_k + f * (theta - theta_k))
         x, _ = episode_surrogates(trial, policy_k, held, params.lam_c)
         ub = change_bound(x - held.ep_cost, cfg)
         bound, estimate = own_ub + ub, x.mean(0) if held.m else estimate
-        if np.all(passes(ub, own_ub, params.bound, recovering)) and np.all(np.isfinite(x)):
-            return TestOutcome(trial, ACCEPTED if j == 0 else BACKED_OFF, f, bound, estimate)
-    return TestOutcome(policy_k, KEPT, 0.0, bound, estimate)
+        ok = bool(np.all(passes(ub, own_ub, params.bound, recovering)) and np.all(np.isfinite(x)))
+        if ok:
+            passed = TestOutcome(trial, ACCEPTED if f == 1.0 else BACKED_OFF, f, bound, estimate)
+        if ok != sequence:  # Bonferroni stops at the first pass, the sequence at the first failure
+            break
+    return passed if passed is not None else TestOutcome(policy_k, KEPT, 0.0, bound, estimate)
 
 
 def adapt_tested(
