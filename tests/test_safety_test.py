@@ -195,6 +195,28 @@ def test_each_rule_spends_its_share_of_alpha() -> None:
     assert st.change_width(d, 4, seq)[0] == pytest.approx(3.182446 * np.sqrt(10 / 3) / 2, rel=1e-6)
 
 
+def test_trajectory_ess_by_hand() -> None:
+    """π_k = N(0, 0.3²), π = N(0.1, 0.3²) on 3 fixed bandit episodes of 10 steps:
+    log ρ(a) = (a² − (a − 0.1)²)/(2·0.09) per step, W_j = exp(Σ_t log ρ), ESS = (ΣW)²/ΣW²."""
+    pk, new = _constant_policy(0.0), _constant_policy(0.1)
+    held = _held_out(pk, 3, np.random.default_rng(4))
+    a = held.act.numpy()[:, 0].astype(np.float64)
+    log_w = ((a**2 - (a - 0.1) ** 2) / (2 * SIGMA**2)).reshape(3, H).sum(1)
+    w = np.exp(log_w)
+    assert st.trajectory_ess(new, held) == pytest.approx(w.sum() ** 2 / (w**2).sum(), rel=1e-5)
+    assert st.trajectory_ess(pk, held) == pytest.approx(3.0)  # π = π_k: every weight 1
+    # the guard: a share of 0.9 of 20 episodes fails a step far from π_k, which the test
+    # passes without it (a limit every fraction meets)
+    far = _constant_policy(0.3)
+    held = _held_out(pk, 20, np.random.default_rng(5))
+    assert st.trajectory_ess(far, held) < 18
+    for share, status in ((0.0, st.ACCEPTED), (0.9, st.KEPT)):
+        cfg = config(lam_c=0.0, safety_min_ess=share, safety_retests=1)
+        out = st.safety_test(far, pk, held, st.own_bound(held.ep_cost, cfg), params(cfg, [5.0]), cfg,
+                             np.array([False]))
+        assert out.status == status
+
+
 def test_recovery_accepts_a_verified_decrease_only() -> None:
     """π_k = N(0.5, 0.3²) is over the limit (3.4 > 1.0). A step to N(0.4, 0.3²) (2.5: still
     over, but lower) is a verified decrease; a step to N(0.6, 0.3²) (4.5) must be refused

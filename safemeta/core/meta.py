@@ -133,6 +133,11 @@ class SafeMetaConfig(GaussianConfig):
         0.0, "safety test: candidate selection aims at mean + this × the test's predicted half-width "
         "(Thomas et al. 2019 double it; on halfcheetah-vel 0 kept the most reward gain: README)",
         low=0, high=100)
+    safety_min_ess: float = param(
+        0.0, "safety test: a step fraction also fails when the effective sample size of its trajectory "
+        "importance weights on the held-out episodes is below this share of them (the first-order "
+        "surrogate is trusted only where π_k's episodes still cover the new policy's trajectories; "
+        "car-circle: README); 0 disables", low=0, high=1)
     safety_range: float = param(
         0.0, "safety_test=bernstein: the range b of the per-episode cost surrogate (e.g. the horizon "
         "for a 0/1 cost); required there", low=0, high=1e12)

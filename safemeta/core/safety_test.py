@@ -174,6 +174,24 @@ def episode_surrogates(policy: GaussianPolicy, ref: GaussianPolicy, part: Episod
     return x, float(kl.mean())
 
 
+def trajectory_ess(policy: GaussianPolicy, part: EpisodeSample) -> float:
+    """Effective sample size (Σ W_j)² / Σ W_j² of the trajectory importance weights
+    W_j = Π_{t∈j} π(a_t|s_t)/π_k(a_t|s_t) over the episodes of `part`: m when π = π_k, near 1
+    when one episode dominates (π's trajectories are not those π_k's episodes show)."""
+    if part.m == 0:
+        return 0.0
+    with torch.no_grad():
+        log_ratio = (policy.log_prob(part.obs, part.act) - part.logp_k).double().cpu().numpy()
+    log_w = np.bincount(part.episode, log_ratio, minlength=part.m)
+    w = np.exp(log_w - log_w.max())
+    return float(w.sum() ** 2 / (w**2).sum())
+
+
+def covered(policy: GaussianPolicy, part: EpisodeSample, cfg: SafeMetaConfig) -> bool:
+    """`safety_min_ess`: the trajectory weights' ESS is at least that share of the episodes."""
+    return cfg.safety_min_ess <= 0 or trajectory_ess(policy, part) >= cfg.safety_min_ess * part.m
+
+
 # ---- candidate selection and the test ------------------------------------------------------
 @dataclass
 class TestOutcome:
@@ -230,7 +248,7 @@ def select_candidate(new: GaussianPolicy, policy_k: GaussianPolicy, part: Episod
     """Candidate selection on the candidate part: back off θ toward θ_k by halving until the
     candidate would pass the test with `m_test` held-out episodes, as predicted from the
     candidate part (its mean change + safety_inflate × the predicted half-width in place of
-    the change's bound), with E_s[KL] ≤ verify_max_kl. (policy, surrogate, kl, backoffs,
+    the change's bound), with E_s[KL] ≤ verify_max_kl and `covered`. (policy, surrogate, kl, backoffs,
     found)."""
     theta_k, theta = policy_k.flat_params(), new.flat_params()
     for k in range(cfg.max_backoffs + 1 if m_test >= 2 else 0):  # fewer held out: the test states nothing
@@ -240,7 +258,7 @@ def select_candidate(new: GaussianPolicy, policy_k: GaussianPolicy, part: Episod
             break
         d = x - part.ep_cost
         predicted = d.mean(0) + cfg.safety_inflate * change_width(d, m_test, cfg)
-        trusted = cfg.verify_max_kl <= 0 or kl <= cfg.verify_max_kl
+        trusted = (cfg.verify_max_kl <= 0 or kl <= cfg.verify_max_kl) and covered(new, part, cfg)
         if np.all(passes(predicted, own_ub, params.bound, recovering)) and trusted:
             return new, x.mean(0), kl, k, True
     return policy_k, part.ep_cost.mean(0) if part.m else np.zeros(len(params.bound)), 0.0, \
@@ -272,7 +290,8 @@ def safety_test(candidate: GaussianPolicy, policy_k: GaussianPolicy, held: Episo
         x, _ = episode_surrogates(trial, policy_k, held, params.lam_c)
         ub = change_bound(x - held.ep_cost, cfg)
         bound, estimate = own_ub + ub, x.mean(0) if held.m else estimate
-        ok = bool(np.all(passes(ub, own_ub, params.bound, recovering)) and np.all(np.isfinite(x)))
+        ok = bool(np.all(passes(ub, own_ub, params.bound, recovering)) and np.all(np.isfinite(x))
+                  and covered(trial, held, cfg))
         if ok:
             passed = TestOutcome(trial, ACCEPTED if f == 1.0 else BACKED_OFF, f, bound, estimate)
         if ok != sequence:  # Bonferroni stops at the first pass, the sequence at the first failure
