@@ -29,20 +29,16 @@ import numpy as np
 import torch
 
 
-def per_decision_change(policy, held_roll, sample) -> tuple[np.ndarray, float]:  # type: ignore[no-untyped-def]
-    """(m,) Σ_t (W_t − 1) c_t per held-out episode (constraint 0) and the ESS of the episodes'
-    final weights W_T."""
+def per_decision_change(policy, held_roll, sample) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """(m,) Σ_t (W_t − 1) c_t per held-out episode (constraint 0)."""
     with torch.no_grad():
         log_ratio = (policy.log_prob(sample.obs, sample.act) - sample.logp_k).double().cpu().numpy()
     cost = held_roll.cost[:, 0]
-    out, final = np.zeros(sample.m), np.zeros(sample.m)
+    out = np.zeros(sample.m)
     for j in range(sample.m):
         idx = np.flatnonzero(sample.episode == j)
-        w = np.exp(np.cumsum(log_ratio[idx]))
-        out[j] = float(((w - 1.0) * cost[idx]).sum())
-        final[j] = w[-1]
-    ess = float(final.sum() ** 2 / max((final**2).sum(), 1e-300))
-    return out, ess
+        out[j] = float(((np.exp(np.cumsum(log_ratio[idx])) - 1.0) * cost[idx]).sum())
+    return out
 
 
 def main() -> None:
@@ -79,7 +75,7 @@ def main() -> None:
                  if len(roll.task(k).obs) == len(held.obs) and np.allclose(roll.task(k).obs[0], first))
         x, kl = ST.episode_surrogates(candidate, policy_k, held, params.lam_c)
         sur = (x - held.ep_cost)[:, 0]
-        pdis, ess = per_decision_change(candidate, roll.task(i), held)
+        pdis, ess = per_decision_change(candidate, roll.task(i), held), ST.trajectory_ess(candidate, held)
         seen.append({"task": i, "policy": copy.deepcopy(candidate).cpu(), "kl": kl, "m": held.m,
                      "own_ub": float(own_ub[0]), "limit": float(params.bound[0]),
                      "sur": float(sur.mean()), "sur_ub": float(ST.change_bound(sur[:, None], cfg_)[0]),
