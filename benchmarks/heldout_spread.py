@@ -59,7 +59,6 @@ def main() -> None:
         tasks = algo.suite.sample_tasks(args.tasks, np.random.default_rng(99), "test")
         base = algo.meta_policies(len(tasks))
         data = algo.collect(tasks, base, Phase.TEST_DATA, 0, episodes=args.episodes)
-        algo.estimate(data)
         algo.adapt(data, base)
     finally:
         ST.episode_surrogates, ST.safety_test = surrogates, test
