@@ -379,7 +379,9 @@ class MetaLearner(Algorithm):
         tasks = self.suite.sample_tasks(c.meta_batch, self.rng, "train")
         current = self.meta_policies(len(tasks))
         pre = self.collect(tasks, current, Phase.PRE, iteration)
-        self.estimate(pre)
+        # no critic fit on all of `pre` here: the safety test fits its critics on the candidate
+        # part only, and a shared (MLP) critic warm-started on every episode would carry the
+        # held-out ones into them. Each algorithm's `adapt` and `meta_step` ask for what they use.
         with self.timer("t_adapt"):
             adapted = self.adapt(pre, current)
         post = self.collect(tasks, adapted, Phase.POST, iteration)
@@ -441,8 +443,7 @@ class MetaLearner(Algorithm):
         for first, chunk in _chunks(tasks, c.meta_batch):
             current = self.meta_policies(len(chunk))
             pre = self.collect(chunk, current, Phase.VAL_DATA, self._eval_key, first)
-            self.estimate(pre)
-            adapted = self.adapt(pre, current)
+            adapted = self.adapt(pre, current)  # fits the critics it uses (see `_train_iteration`)
             ev = self.collect(chunk, adapted, Phase.VAL_EVAL, self._eval_key, first, c.eval_episodes)
             rewards.append(ev.reward_return())
             costs.append(ev.cost_return(self.cost_type))
@@ -564,14 +565,12 @@ class MetaLearner(Algorithm):
         """`adapt` on each task's own-policy episodes; a mixed task that drew none keeps its
         policy (and its mixture), logged as kept."""
         have = [i for i, r in enumerate(own.ep_return) if len(r)]
-        if len(have) == len(current):
-            self.estimate(own)
+        if len(have) == len(current):  # `adapt` fits the critics it uses (see `_train_iteration`)
             with self.timer("t_adapt"):
                 return self.adapt(own, current)
         out = list(current)
         if have:
             sub = concat([own.task(i) for i in have])
-            self.estimate(sub)
             with self.timer("t_adapt"):
                 for i, a in zip(have, self.adapt(sub, [current[i] for i in have])):
                     out[i] = a

@@ -326,6 +326,52 @@ def test_a_rejected_candidate_never_collects_data(monkeypatch: pytest.MonkeyPatc
     assert kept > 0 and accepted > 0 and refused  # every case occurred, a candidate refused by the test too
 
 
+def test_a_shared_critic_never_sees_the_held_out_episodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the shared MLP critic, between a collection and its safety test the critic is
+    fitted on the candidate part alone (meta-training's inner step and meta-test): a fit on
+    all the episodes first would warm-start it on the held-out ones."""
+    from test_meta import make_algo
+
+    import safemeta.core.meta as core_meta
+    from safemeta.nn.critic import MLPCritic
+
+    fitted: list[int] = []  # rows of each critic fit since the last collection
+    tested: list[tuple[list[int], int]] = []  # (fits before the test, candidate rows)
+    cand_rows: list[int] = []
+    real_fit, real_split, real_test = MLPCritic.fit, core_meta.split_episodes, st.safety_test
+
+    def spy_fit(self, obs, t, targets, rng=None):  # type: ignore[no-untyped-def]
+        fitted.append(len(obs))
+        return real_fit(self, obs, t, targets, rng)
+
+    def spy_split(data, fraction, rng):  # type: ignore[no-untyped-def]
+        cand, held = real_split(data, fraction, rng)
+        cand_rows.append(len(cand.obs))
+        return cand, held
+
+    def spy_test(*args, **kw):  # type: ignore[no-untyped-def]
+        tested.append((list(fitted), cand_rows[-1]))
+        return real_test(*args, **kw)
+
+    monkeypatch.setattr(MLPCritic, "fit", spy_fit)
+    monkeypatch.setattr(core_meta, "split_episodes", spy_split)
+    monkeypatch.setattr(st, "safety_test", spy_test)
+    algo = make_algo(seed=2, critic="mlp")
+    real_collect = algo.collect
+
+    def spy_collect(*args, **kw):  # type: ignore[no-untyped-def]
+        fitted.clear()
+        return real_collect(*args, **kw)
+
+    monkeypatch.setattr(algo, "collect", spy_collect)
+    algo.train_iteration(0)
+    n_train = len(tested)
+    algo.meta_test(algo.tasks["test"], 1)
+    assert n_train > 0 and len(tested) > n_train  # both paths ran the test
+    for fits, rows in tested:
+        assert fits == [rows]  # one fit, on the candidate part's rows only
+
+
 def test_recovery_by_task_and_the_report_table(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """`meta_learner.recovery` finds the first step back under the limit; the report lists
     every task that started over it, with that step or 'not recovered'."""

@@ -290,7 +290,7 @@ def _frame(env: Any) -> np.ndarray:
 def adapted_policies(algo: Any, task: Task, index: int, steps: int) -> list[Any]:
     """π^0 (the meta-policy), π^1, ..., π^steps on `task` by meta-test's safe adaptation:
     data from the current policy with the task's meta-test stream (test task `index`),
-    advantages, then `adapt` (which returns π^t itself where a step failed verification)."""
+    then `adapt` (which fits its critics and returns π^t itself where a step failed verification)."""
     from safemeta.meta_learner import Phase, torch_threads
 
     current = algo.meta_policies(1)
@@ -299,7 +299,6 @@ def adapted_policies(algo: Any, task: Task, index: int, steps: int) -> list[Any]
         for t in range(steps):
             data = algo.collect([task], current, Phase.TEST_DATA, t, index,
                                 episodes=algo.cfg.test_episodes_per_task or None)
-            algo.estimate(data)
             current = algo.adapt(data, current)
             out.append(current[0].policy)
     return out
