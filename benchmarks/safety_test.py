@@ -21,6 +21,11 @@ policy, not the noise of a 10-episode look.
 Resumable: with --out, every finished round is appended to OUT.rounds.jsonl, and a rerun of
 the same command skips the rounds recorded there (a round's tasks, data and learner draws
 depend only on the round's index; each round starts from the run's trained critics).
+
+A variant of the test (`--test-set`) needs no new verification: with
+`--verification-from OTHER.rounds.jsonl` (a run of the same RUN_DIR, --true-episodes and
+--set), the verification's counts of the rounds recorded there are taken as they are (the
+file is read again every round), which halves the cost of a round.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import numpy as np
 # today's verification with its defaults before the safety test (λ_c = 10·d), and the test's defaults
 METHODS = {"verification (off)": {"safety_test": "off", "lam_c_scale": 10.0},
            "safety test (t, α=0.05)": {"safety_test": "t"}}
+VERIFICATION = "verification (off)"
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -63,8 +69,29 @@ def load_rounds(path: Path | None, run_dir: Path, key: str) -> dict[int, dict]:
     return out
 
 
+def recorded_verification(paths: list[Path], run_dir: Path, true_episodes: int,
+                          sets: list[str]) -> dict[int, dict]:
+    """Round index -> the verification's counts recorded in any of `paths` for this run with
+    these --true-episodes and --set (the verification does not depend on --test-set)."""
+    out = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                key = json.loads(rec["key"])
+            except (json.JSONDecodeError, KeyError):
+                continue
+            if (rec.get("run") == str(run_dir) and key.get("true_episodes") == true_episodes
+                    and key.get("sets") == sets and VERIFICATION in rec["counts"]):
+                out[int(rec["round"])] = rec["counts"][VERIFICATION]
+    return out
+
+
 def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], test_sets: list[str],
-            partial=None, rounds_file: Path | None = None) -> dict:  # type: ignore[no-untyped-def]
+            partial=None, rounds_file: Path | None = None,  # type: ignore[no-untyped-def]
+            verification_from: list[Path] = ()) -> dict:
     from safemeta import config as C
     from safemeta.experiment.runner import load_algorithm
     from safemeta.meta_learner import Phase
@@ -97,11 +124,17 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
             algo.load_state_dict(payload["algo"])
             algo.rng = np.random.default_rng([2026, rnd])  # the same for both methods
         counts: dict[str, dict] = {}
+        reused = recorded_verification(list(verification_from), run_dir, true_episodes, sets).get(rnd)
         base = first.meta_policies(len(tasks))
         ev0 = first.collect(tasks, base, Phase.TEST_EVAL, 60_000 + rnd, episodes=true_episodes)
         cost0, rew0 = ev0.cost_return(first.cost_type), ev0.reward_return()
         feasible = np.all(cost0 <= limit, axis=1)
         for m, (name, algo) in enumerate(algos.items()):
+            if name == VERIFICATION and reused is not None:  # the same round, measured by another run
+                counts[name] = reused
+                for k, v in reused.items():
+                    out[name][k] += v
+                continue
             data = first.collect(tasks, base, Phase.PRE, 50_000 + rnd,  # the same sample, fresh cache
                                  episodes=first.cfg.test_episodes_per_task or None)
             ts = time.perf_counter()
@@ -178,6 +211,8 @@ def main() -> None:
                     help="a config field of both methods")
     ap.add_argument("--test-set", dest="test_sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a config field of the safety-test method only (e.g. lam_c_scale=1)")
+    ap.add_argument("--verification-from", type=Path, action="append", default=[], metavar="ROUNDS.jsonl",
+                    help="take the verification's counts of the rounds recorded there (same run and --set)")
     args = ap.parse_args()
     results: list[dict] = []
 
@@ -188,7 +223,8 @@ def main() -> None:
 
     for run in args.run_dirs:
         rounds = args.out.with_suffix(".rounds.jsonl") if args.out else None
-        results.append(measure(run, args.tasks, args.true_episodes, args.sets, args.test_sets, save, rounds))
+        results.append(measure(run, args.tasks, args.true_episodes, args.sets, args.test_sets, save, rounds,
+                               args.verification_from))
         save()
     print()
     print(table(results))

@@ -409,3 +409,32 @@ def test_step_status_names_what_the_step_did() -> None:
         "backed off (recovering)"
     assert step_status({"n_accepted": 0.0, "n_backed_off": 0.0, "n_kept": 1.0, "n_recovering": 0.0}) == "kept"
     assert step_status({"kl": 0.01}) is None  # an algorithm without the safety test's columns
+
+
+# ---- the benchmark's reuse of the verification ------------------------------------------------
+def test_the_benchmark_reuses_only_a_matching_verification(tmp_path) -> None:
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "safety_test.py"
+    spec = importlib.util.spec_from_file_location("bench_safety_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    v = bench.VERIFICATION
+    assert v in bench.METHODS
+
+    def rec(run, rnd, true_episodes, sets, test_sets, accepted):
+        key = json.dumps({"true_episodes": true_episodes, "sets": sets, "test_sets": test_sets})
+        counts = {v: {"accepted": accepted, "gains": [1.0]}, "safety test (t, α=0.05)": {"accepted": 0}}
+        return json.dumps({"run": run, "key": key, "round": rnd, "counts": counts})
+
+    f = tmp_path / "a.rounds.jsonl"
+    f.write_text("\n".join([rec("r", 0, 200, [], [], 7),  # reused: another --test-set does not matter
+                            rec("r", 1, 200, [], ["safety_min_ess=0.5"], 8),
+                            rec("r", 2, 100, [], [], 9),  # other --true-episodes
+                            rec("r", 3, 200, ["lam_c=1"], [], 9),  # other --set
+                            rec("other", 4, 200, [], [], 9),  # other run
+                            '{"run": "r", "cut by a ki']))
+    got = bench.recorded_verification([f, tmp_path / "missing.jsonl"], Path("r"), 200, [])
+    assert {k: c["accepted"] for k, c in got.items()} == {0: 7, 1: 8}
