@@ -17,30 +17,19 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
+from _play import steps
 
 
 def radius_of(env, policy, episodes: int, seed: int) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
     """Mean r over each episode's second half, share of steps with cost, mean return."""
-    gen = torch.Generator().manual_seed(seed)
-    low, high = env.action_space.low, env.action_space.high
-    radii, costly, returns = [], [], []
-    for e in range(episodes):
-        obs, _ = env.reset(seed=seed + e)
-        rs, ret, done = [], 0.0, False
-        while not done:
-            x = np.asarray(obs, np.float32).reshape(1, -1)
-            with torch.no_grad():
-                act = policy.sample(x, gen)[0]
-            obs, reward, terminated, truncated, info = env.step(np.clip(act[0], low, high))
-            ret += float(reward)
-            xy = np.asarray(env.unwrapped.agent_pose()[0][:2])
-            rs.append(float(np.hypot(*xy)))
-            costly.append(float(info.get("cost", 0.0) > 0))
-            done = terminated or truncated
-        radii.append(np.mean(rs[len(rs) // 2:]))
-        returns.append(ret)
-    return float(np.mean(radii)), float(np.mean(costly)), float(np.mean(returns))
+    radii: list[list[float]] = [[] for _ in range(episodes)]
+    costly, returns = [], np.zeros(episodes)
+    for e, reward, info in steps(env, policy, episodes, seed):
+        returns[e] += reward
+        radii[e].append(float(np.hypot(*np.asarray(env.unwrapped.agent_pose()[0][:2]))))
+        costly.append(float(info.get("cost", 0.0) > 0))
+    r_bar = float(np.mean([np.mean(r[len(r) // 2:]) for r in radii]))
+    return r_bar, float(np.mean(costly)), float(returns.mean())
 
 
 def fit(radius: np.ndarray, r_bar: np.ndarray) -> tuple[float, float]:

@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
+from _play import steps
 
 # v* ~ U[0, high] per suite (SPEC §4.1)
 TARGET_HIGH = {"halfcheetah-vel": 2.0, "hopper-vel": 1.0, "swimmer-vel": 1.0}
@@ -27,24 +27,13 @@ TARGET_HIGH = {"halfcheetah-vel": 2.0, "hopper-vel": 1.0, "swimmer-vel": 1.0}
 
 def speed_of(env, policy, episodes: int, seed: int) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
     """Mean forward velocity, mean return and mean episode cost over `episodes` episodes."""
-    gen = torch.Generator().manual_seed(seed)
-    low, high = env.action_space.low, env.action_space.high
-    speeds, returns, costs = [], [], []
-    for e in range(episodes):
-        obs, _ = env.reset(seed=seed + e)
-        velocities, ret, cost, done = [], 0.0, 0.0, False
-        while not done:
-            with torch.no_grad():
-                act = policy.sample(np.asarray(obs, np.float32).reshape(1, -1), gen)[0]
-            obs, reward, terminated, truncated, info = env.step(np.clip(act[0], low, high))
-            velocities.append(float(info["x_velocity"]))
-            ret += float(reward)
-            cost += float(np.sum(info.get("cost", 0.0)))
-            done = terminated or truncated
-        speeds.append(float(np.mean(velocities)))
-        returns.append(ret)
-        costs.append(cost)
-    return float(np.mean(speeds)), float(np.mean(returns)), float(np.mean(costs))
+    velocities: list[list[float]] = [[] for _ in range(episodes)]
+    returns, costs = np.zeros(episodes), np.zeros(episodes)
+    for e, reward, info in steps(env, policy, episodes, seed):
+        velocities[e].append(float(info["x_velocity"]))
+        returns[e] += reward
+        costs[e] += float(np.sum(info.get("cost", 0.0)))
+    return float(np.mean([np.mean(v) for v in velocities])), float(returns.mean()), float(costs.mean())
 
 
 def one_speed_reward(v: float, high: float, horizon: int) -> float:
