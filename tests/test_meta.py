@@ -278,6 +278,9 @@ def test_theory_hyperparameters_and_presets() -> None:
         assert medium.iterations == 200 and medium.episodes_per_task == 20
         assert medium.test_episodes_per_task == 40 and paper.test_episodes_per_task == 0
     assert build(SafeMetaConfig, SafeMeta.presets("car-circle")["medium"]).iterations == 60
+    button = build(SafeMetaConfig, SafeMeta.presets("point-button")["medium"])
+    assert button.iterations == 60 and button.meta_switch_alpha == 0.25
+    assert build(SafeMetaConfig, SafeMeta.presets("point-button")["paper"]).meta_switch_alpha == 0.05
 
 
 def test_meta_test_explores_test_episodes_per_task() -> None:
