@@ -107,7 +107,8 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
     limit = first.cost_limit + first.relaxation()
     rng = np.random.default_rng(777)
     batch = r.cfg.meta_batch
-    out = {name: dict(feasible=0, accepted=0, missed=0, kept=0, gains=[], times=[]) for name in algos}
+    out = {name: dict(feasible=0, accepted=0, missed=0, kept=0, gains=[], times=[], tasks=[])
+           for name in algos}
     key = json.dumps({"true_episodes": true_episodes, "sets": sets, "test_sets": test_sets})
     recorded = load_rounds(rounds_file, run_dir, key)
     t0, done, rnd = time.perf_counter(), 0, 0
@@ -148,10 +149,17 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
                 cost[moved], rew[moved] = ev.cost_return(first.cost_type), ev.reward_return()
             acc = np.zeros(len(tasks), bool)
             acc[moved] = True
+            missed = feasible & acc & np.any(cost > limit, axis=1)
             counts[name] = {"feasible": int(feasible.sum()), "accepted": int((feasible & acc).sum()),
-                            "missed": int((feasible & acc & np.any(cost > limit, axis=1)).sum()),
-                            "kept": int((~acc).sum()), "gains": (rew - rew0).tolist(),
-                            "times": [out[name]["times"].pop()]}
+                            "missed": int(missed.sum()), "kept": int((~acc).sum()),
+                            "gains": (rew - rew0).tolist(), "times": [out[name]["times"].pop()],
+                            "tasks": [task_record(a.log, cost0[i], cost[i], i in moved)
+                                      for i, a in enumerate(adapted)]}
+            for i in np.flatnonzero(missed):
+                t = counts[name]["tasks"][i]
+                print(f"  {name}, task {i}: miss: true cost {cost0[i, 0]:.1f} -> {cost[i, 0]:.1f}, "
+                      f"KL {t['kl']:.4f}, test bound {t['test_bound']}, surrogate {t['surrogate_cost']:.1f}",
+                      flush=True)
             for k, v in counts[name].items():
                 out[name][k] += v
         if rounds_file is not None:
@@ -163,6 +171,15 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
         if partial is not None:  # the numbers so far, in case the run is stopped
             partial(summary(run_dir, r, limit, done, true_episodes, test_sets, out, episodes))
     return summary(run_dir, r, limit, done, true_episodes, test_sets, out, episodes)
+
+
+def task_record(log: dict, cost_k: np.ndarray, cost: np.ndarray, moved: bool) -> dict:
+    """One task's step, for reading a miss: π_k's and the handed-out policy's true costs, and
+    what the method saw (its step's KL, back-offs, the test's bound and held-out estimate, the
+    candidate's surrogate cost)."""
+    keys = ("kl", "backoffs", "test_bound", "test_estimate", "surrogate_cost")
+    return {"moved": moved, "true_cost_k": cost_k.tolist(), "true_cost": cost.tolist(),
+            **{k: log.get(k) for k in keys}}
 
 
 def summary(run_dir: Path, r, limit, n_tasks: int, true_episodes: int, test_sets: list[str],  # type: ignore[no-untyped-def]
@@ -218,9 +235,10 @@ def main() -> None:
 
     def save(current: dict | None = None) -> None:
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results + ([current] if current else []), indent=1))
 
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
     for run in args.run_dirs:
         rounds = args.out.with_suffix(".rounds.jsonl") if args.out else None
         results.append(measure(run, args.tasks, args.true_episodes, args.sets, args.test_sets, save, rounds,
