@@ -263,8 +263,8 @@ class SafeMeta(MetaLearner):
         reward; with `quick`'s 10 episodes it cost three quarters of the reward (README).
         point-button's `medium` uses 75% bounds: with 95% ones the cost step fired on 92% of
         its iterations (a 1,000-step episode with hazards and gremlins has a wide spread) and
-        the reward stayed near 0; with 75% it reached `quick`'s reward at a third of its
-        step-0 cost, no test task over or possibly over (docs/results.md)."""
+        the reward stayed near 0; with 75% (and 60 iterations) it reached `quick`'s reward
+        at 40-60% of its step-0 cost, no test task over by its interval (docs/results.md)."""
         out = super().presets(suite_id)
         for name in ("medium", "paper"):
             alpha = 0.25 if (suite_id, name) == ("point-button", "medium") else 0.05
