@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 
 # today's verification with its defaults before the safety test (λ_c = 10·d), and the test's defaults
-METHODS = {"verification (off)": {"safety_test": "off", "lam_c_scale": 10.0},
-           "safety test (t, α=0.05)": {"safety_test": "t"}}
 VERIFICATION = "verification (off)"
+METHODS = {VERIFICATION: {"safety_test": "off", "lam_c_scale": 10.0},
+           "safety test (t, α=0.05)": {"safety_test": "t"}}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -54,39 +54,32 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
-def load_rounds(path: Path | None, run_dir: Path, key: str) -> dict[int, dict]:
-    """Round index -> its recorded counts per method, for this run and settings."""
+def records(path: Path | None):  # type: ignore[no-untyped-def]
+    """The round records of a rounds file (none when it does not exist); a line cut by a
+    kill is skipped, so that round is done again."""
     if path is None or not path.exists():
-        return {}
-    out = {}
+        return
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: that round is done again
+            yield rec, json.loads(rec["key"])
+        except (json.JSONDecodeError, KeyError):
             continue
-        if rec.get("run") == str(run_dir) and rec.get("key") == key:
-            out[int(rec["round"])] = rec["counts"]
-    return out
+
+
+def load_rounds(path: Path | None, run_dir: Path, key: str) -> dict[int, dict]:
+    """Round index -> its recorded counts per method, for this run and settings."""
+    return {int(rec["round"]): rec["counts"] for rec, _ in records(path)
+            if rec.get("run") == str(run_dir) and rec["key"] == key}
 
 
 def recorded_verification(paths: list[Path], run_dir: Path, true_episodes: int,
                           sets: list[str]) -> dict[int, dict]:
     """Round index -> the verification's counts recorded in any of `paths` for this run with
     these --true-episodes and --set (the verification does not depend on --test-set)."""
-    out = {}
-    for path in paths:
-        if not path.exists():
-            continue
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                key = json.loads(rec["key"])
-            except (json.JSONDecodeError, KeyError):
-                continue
-            if (rec.get("run") == str(run_dir) and key.get("true_episodes") == true_episodes
-                    and key.get("sets") == sets and VERIFICATION in rec["counts"]):
-                out[int(rec["round"])] = rec["counts"][VERIFICATION]
-    return out
+    return {int(rec["round"]): rec["counts"][VERIFICATION] for path in paths for rec, key in records(path)
+            if rec.get("run") == str(run_dir) and key.get("true_episodes") == true_episodes
+            and key.get("sets") == sets and VERIFICATION in rec["counts"]}
 
 
 def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], test_sets: list[str],
