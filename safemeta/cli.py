@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="JSON: a list of test tasks, or {\"val\": [...], \"test\": [...]}; "
                         "a task is an object of its parameters (see `safemeta envs`)")
     t.add_argument("--out", default=None, help="run directory (default runs/<env>-<algo>-s<seed>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (larger --set iterations=N: extend)")
     _sampling_options(t)
     t.add_argument("--device", default=None, help="cpu | cuda (same as --set device=...)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

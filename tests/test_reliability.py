@@ -91,6 +91,32 @@ def test_sigterm_checkpoints_exits_0_and_resumes_exactly(tmp_path: Path) -> None
     assert comparable(out) == comparable(ref)
 
 
+def test_resume_with_more_iterations_extends_a_finished_run_exactly(tmp_path: Path, reference: Path) -> None:
+    """A finished 5-iteration run resumed with --set iterations=8 trains on and meta-tests
+    again: its metrics and parameters equal those of the run started with 8."""
+    out = tmp_path / "run"
+    assert cli(out, "--set", "iterations=5").returncode == 0
+    first = comparable(out)
+    assert sum(r["phase"] == "meta_test" for r in first) == SETS["test_steps"] + 1
+    res = cli(out, "--resume")  # ARGS ask for 8
+    assert res.returncode == 0, res.stderr
+    assert "resumed from" in res.stdout and "(iteration 5)" in res.stdout
+    assert comparable(out) == comparable(reference)
+    np.testing.assert_array_equal(final_params(out), final_params(reference))
+    assert "extended from 5 to 8 iterations" in (out / "events.log").read_text()
+    assert "iterations: 8" in (out / "config.yaml").read_text() and (out / "DONE").exists()
+
+
+def test_resume_with_fewer_iterations_is_one_line_and_changes_nothing(tmp_path: Path, reference: Path,
+                                                                       capsys) -> None:
+    before = {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()}
+    code = main(["train", *ARGS, "--set", "iterations=5", "--out", str(reference), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "iterations: saved 8, requested 5" in err and "not shortened" in err
+    assert {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()} == before
+
+
 def test_truncated_and_corrupted_checkpoints_fall_back(tmp_path: Path, reference: Path) -> None:
     out = tmp_path / "run"
     assert cli(out, "--set", "keep_checkpoints=5").returncode == 0
@@ -446,6 +472,21 @@ def test_kill_9_resume_is_exact_for_the_continuous_algorithm(tmp_path: Path, fau
     ref, out = tmp_path / "ref", tmp_path / "run"
     assert cont(ref).returncode == 0
     assert cont(out, fault=fault).returncode == -signal.SIGKILL
+    res = cont(out, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert comparable(out) == comparable(ref)
+    a, b = (checkpoint.read(checkpoint.list_checkpoints(d / "checkpoints")[-1])["algo"] for d in (ref, out))
+    flat = lambda s: torch.cat([v.flatten().float() for v in s["policy"].values()])  # noqa: E731
+    assert torch.equal(flat(a), flat(b))
+
+
+def test_extending_a_run_is_exact_for_the_continuous_algorithm(tmp_path: Path) -> None:
+    """SafeMeta on point-circle, 2 iterations extended to 4, equals the 4-iteration run."""
+    import torch
+
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert cont(ref).returncode == 0
+    assert cont(out, "--set", "iterations=2").returncode == 0
     res = cont(out, "--resume")
     assert res.returncode == 0, res.stderr
     assert comparable(out) == comparable(ref)

@@ -183,10 +183,13 @@ class Run:
             if not self.r.spec.resume:
                 raise C.ConfigError(f"out: {self.dir} already holds a run; pass --resume or another --out")
             have = read_run_config(saved)
-            diffs = _differences(have, want, C.to_dict(type(self.r.cfg)()))
+            diffs = _differences(have, want, C.to_dict(type(self.r.cfg)()), ignore=("iterations",))
             if diffs:
                 raise C.ConfigError(f"out: {self.dir} belongs to another config ({diffs}); "
                                     "use another --out or the same settings")
+            before = have.get("config", {}).get("iterations", self.r.cfg.iterations)
+            if before != self.r.cfg.iterations:
+                self._extend(before, want)
             return
         if self.dir.exists() and not self.dir.is_dir():
             raise C.ConfigError(f"out: {self.dir} is a file; give a directory")
@@ -202,6 +205,20 @@ class Run:
                 checkpoint.write_atomic(self.dir / name, yaml.safe_dump(data, sort_keys=False).encode())
         except OSError as e:
             raise RunError(f"out: cannot write to {self.dir}: {e.strerror}") from None
+
+    def _extend(self, before: int, want: dict[str, Any]) -> None:
+        """--resume with more iterations: train on from the last checkpoint, then meta-test
+        again. Nothing in training depends on the total, so the result equals a run started
+        with the new total (tests/test_reliability.py)."""
+        now = self.r.cfg.iterations
+        if now < before:
+            raise C.ConfigError(f"iterations: saved {before}, requested {now}; a run can be extended "
+                                "(--resume with more iterations), not shortened; use another --out")
+        diff = {**self.r.header(), "changed": C.diff(self.r.cfg)}
+        for name, data in (("config_diff.yaml", diff), ("config.yaml", want)):
+            checkpoint.write_atomic(self.dir / name, yaml.safe_dump(data, sort_keys=False).encode())
+        (self.dir / "DONE").unlink(missing_ok=True)  # its meta-test is of the shorter run
+        self.event(f"extended from {before} to {now} iterations")
 
     def tasks(self, seq: np.random.SeedSequence) -> dict[str, list[Task]]:
         path = self.dir / "tasks.json"
@@ -309,7 +326,11 @@ class Run:
 
     def _accept(self, payload: dict[str, Any]) -> str | None:
         want = {**self.r.header(), "config": C.to_dict(self.r.cfg)}
-        return _differences(payload.get("run", {}), want, C.to_dict(type(self.r.cfg)())) or None
+        have = payload.get("run", {})
+        # a checkpoint of the run before it was extended (Run._extend) continues it
+        shorter = have.get("config", {}).get("iterations", -1) <= self.r.cfg.iterations
+        return _differences(have, want, C.to_dict(type(self.r.cfg)()),
+                            ignore=("iterations",) if shorter else ()) or None
 
     def _save(self, algo: Algorithm, next_it: int, rows: int, rejected: int) -> None:
         payload = {"run": {**self.r.header(), "config": C.to_dict(self.r.cfg)}, "algo": algo.state_dict(),
@@ -421,16 +442,16 @@ def _test_source(r: Resolved) -> str:
 
 
 def _differences(have: dict[str, Any], want: dict[str, Any],
-                 defaults: dict[str, Any] | None = None) -> str:
-    """The saved run's header and config against the requested ones. A field the saved
-    config lacks was added to safemeta after the run was written (e.g. test_split): it
-    counts as its default, which keeps the behaviour the run had."""
+                 defaults: dict[str, Any] | None = None, ignore: tuple[str, ...] = ()) -> str:
+    """The saved run's header and config against the requested ones, but for the fields in
+    `ignore`. A field the saved config lacks was added to safemeta after the run was written
+    (e.g. test_split): it counts as its default, which keeps the behaviour the run had."""
     out = []
     for k in ("env", "algo", "preset"):
         if have.get(k) != want.get(k):
             out.append(f"{k}: saved {have.get(k)!r}, requested {want.get(k)!r}")
     hc, wc = {**(defaults or {}), **(have.get("config", {}) or {})}, want.get("config", {})
-    for k in sorted(set(hc) | set(wc)):
+    for k in sorted((set(hc) | set(wc)) - set(ignore)):
         if hc.get(k) != wc.get(k):
             out.append(f"{k}: saved {hc.get(k)!r}, requested {wc.get(k)!r}")
     return "; ".join(out[:4]) + (" ..." if len(out) > 4 else "")
