@@ -26,12 +26,17 @@ A variant of the test (`--test-set`) needs no new verification: with
 `--verification-from OTHER.rounds.jsonl` (a run of the same RUN_DIR, --true-episodes and
 --set), the verification's counts of the rounds recorded there are taken as they are (the
 file is read again every round), which halves the cost of a round.
+
+Sharded over processes: `--shard I/N` does only the rounds whose index is I modulo N and
+appends them to OUT.rounds.jsonl (one write per round, so N processes may share the file);
+the same command without --shard then reads them all and writes OUT.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -67,6 +72,29 @@ def records(path: Path | None):  # type: ignore[no-untyped-def]
             continue
 
 
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N; None -> (0, 1), every round."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise SystemExit(f"--shard: got {text!r}; accepted I/N with 0 <= I < N, e.g. 0/2")
+    return i, n
+
+
+def append_record(path: Path, rec: dict) -> None:
+    """One round's line, in a single write to a file opened for appending: shards sharing
+    the rounds file never interleave their lines."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(rec) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 def load_rounds(path: Path | None, run_dir: Path, key: str) -> dict[int, dict]:
     """Round index -> its recorded counts per method, for this run and settings."""
     return {int(rec["round"]): rec["counts"] for rec, _ in records(path)
@@ -84,7 +112,7 @@ def recorded_verification(paths: list[Path], run_dir: Path, true_episodes: int,
 
 def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], test_sets: list[str],
             partial=None, rounds_file: Path | None = None,  # type: ignore[no-untyped-def]
-            verification_from: list[Path] = ()) -> dict:
+            verification_from: list[Path] = (), shard: tuple[int, int] = (0, 1)) -> dict:
     from safemeta import config as C
     from safemeta.experiment.runner import load_algorithm
     from safemeta.meta_learner import Phase
@@ -111,6 +139,10 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
             for name, counts in recorded[rnd].items():
                 for k, v in counts.items():
                     out[name][k] += v
+            done += len(tasks)
+            rnd += 1
+            continue
+        if rnd % shard[1] != shard[0]:  # another shard's round (its tasks are drawn all the same)
             done += len(tasks)
             rnd += 1
             continue
@@ -156,12 +188,11 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
             for k, v in counts[name].items():
                 out[name][k] += v
         if rounds_file is not None:
-            with rounds_file.open("a") as f:
-                f.write(json.dumps({"run": str(run_dir), "key": key, "round": rnd, "counts": counts}) + "\n")
+            append_record(rounds_file, {"run": str(run_dir), "key": key, "round": rnd, "counts": counts})
         done += len(tasks)
         rnd += 1
         print(f"{run_dir}: {done}/{n_tasks} tasks, {time.perf_counter() - t0:.0f} s", flush=True)
-        if partial is not None:  # the numbers so far, in case the run is stopped
+        if partial is not None and shard[1] == 1:  # the numbers so far, in case the run is stopped
             partial(summary(run_dir, r, limit, done, true_episodes, test_sets, out, episodes))
     return summary(run_dir, r, limit, done, true_episodes, test_sets, out, episodes)
 
@@ -223,11 +254,16 @@ def main() -> None:
                     help="a config field of the safety-test method only (e.g. lam_c_scale=1)")
     ap.add_argument("--verification-from", type=Path, action="append", default=[], metavar="ROUNDS.jsonl",
                     help="take the verification's counts of the rounds recorded there (same run and --set)")
+    ap.add_argument("--shard", default=None, metavar="I/N",
+                    help="only the rounds with index I modulo N (needs --out; rerun without it for OUT.json)")
     args = ap.parse_args()
+    shard = parse_shard(args.shard)
+    if shard[1] > 1 and args.out is None:
+        raise SystemExit("--shard: needs --out, whose rounds file the shards share")
     results: list[dict] = []
 
     def save(current: dict | None = None) -> None:
-        if args.out:
+        if args.out and shard[1] == 1:
             args.out.write_text(json.dumps(results + ([current] if current else []), indent=1))
 
     if args.out:
@@ -235,9 +271,12 @@ def main() -> None:
     for run in args.run_dirs:
         rounds = args.out.with_suffix(".rounds.jsonl") if args.out else None
         results.append(measure(run, args.tasks, args.true_episodes, args.sets, args.test_sets, save, rounds,
-                               args.verification_from))
+                               args.verification_from, shard))
         save()
     print()
+    if shard[1] > 1:
+        print(f"shard {args.shard} done; the same command without --shard writes {args.out} from the rounds")
+        return
     print(table(results))
 
 

@@ -413,14 +413,10 @@ def test_step_status_names_what_the_step_did() -> None:
 
 # ---- the benchmark's reuse of the verification ------------------------------------------------
 def test_the_benchmark_reuses_only_a_matching_verification(tmp_path) -> None:
-    import importlib.util
     import json
     from pathlib import Path
 
-    path = Path(__file__).parents[1] / "benchmarks" / "safety_test.py"
-    spec = importlib.util.spec_from_file_location("bench_safety_test", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench()
     v = bench.VERIFICATION
     assert v in bench.METHODS
 
@@ -438,3 +434,42 @@ def test_the_benchmark_reuses_only_a_matching_verification(tmp_path) -> None:
                             '{"run": "r", "cut by a ki']))
     got = bench.recorded_verification([f, tmp_path / "missing.jsonl"], Path("r"), 200, [])
     assert {k: c["accepted"] for k, c in got.items()} == {0: 7, 1: 8}
+
+
+def _bench():  # type: ignore[no-untyped-def]
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "safety_test.py"
+    spec = importlib.util.spec_from_file_location("bench_safety_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def _append_many(path, tag: int, n: int) -> None:  # type: ignore[no-untyped-def]
+    bench = _bench()
+    for i in range(n):  # lines far longer than a pipe's or a stdio buffer's atomic size
+        rec = {"run": "r", "key": "{}", "round": 1000 * tag + i, "counts": {"x": "y" * 70_000}}
+        bench.append_record(path, rec)
+
+
+def test_benchmark_shards_share_one_rounds_file_without_cutting_a_line(tmp_path) -> None:
+    import multiprocessing as mp
+
+    bench = _bench()
+    assert bench.parse_shard(None) == (0, 1) and bench.parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "-1/2", "a/2", "1"):
+        with pytest.raises(SystemExit, match="--shard: got"):
+            bench.parse_shard(bad)
+    f = tmp_path / "x.rounds.jsonl"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(f, tag, 40)) for tag in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    rounds = sorted(rec["round"] for rec, _ in bench.records(f))
+    assert rounds == [*range(1000, 1040), *range(2000, 2040)]  # every line whole, none lost
+    assert len(f.read_text().splitlines()) == 80
