@@ -14,6 +14,9 @@ policy, not the noise of a 10-episode look.
     reward gain = mean over tasks of true reward(adapted) − true reward(π_φ) (a kept π_φ
                   gains 0), and its ratio to the verification's
     time        = wall time of one adaptation step per task
+    coverage    = how often the test's (1 − α) upper bound on the handed-out policy's cost
+                  (`test_bound`) is at least its true cost, for moved and for kept tasks
+                  (a kept π_k's bound is its own, at α/2)
 
     python benchmarks/safety_test.py RUN_DIR [RUN_DIR ...] [--tasks 200] [--true-episodes 200]
                                      [--out results/safety_test.json] [--set KEY=VALUE ...]
@@ -214,6 +217,14 @@ def summary(run_dir: Path, r, limit, n_tasks: int, true_episodes: int, test_sets
     ref_gain = None
     for name, o in out.items():
         lo, hi = wilson(o["missed"], o["accepted"])
+        # does the test's (1 − α) upper bound on the handed-out policy's cost cover its true cost?
+        # (rounds with per-task records; constraint 0; a kept π_k's bound is its own one)
+        cover = {"moved": [0, 0], "kept": [0, 0]}
+        for t in o.get("tasks", []):
+            if t.get("test_bound") is not None:
+                c = cover["moved" if t["moved"] else "kept"]
+                c[0] += int(t["test_bound"] >= t["true_cost"][0])
+                c[1] += 1
         gain = float(np.mean(o["gains"]))
         ref_gain = gain if ref_gain is None else ref_gain
         res["methods"][name] = {
@@ -221,6 +232,7 @@ def summary(run_dir: Path, r, limit, n_tasks: int, true_episodes: int, test_sets
             "miss_rate": o["missed"] / max(o["accepted"], 1), "miss_ci": [lo, hi],
             "reward_gain": gain, "gain_vs_verification": gain / ref_gain if ref_gain else float("nan"),
             "s_per_step": float(np.mean(o["times"])),
+            "bound_covers": cover,
         }
     return res
 
@@ -232,13 +244,18 @@ def label(name: str, res: dict) -> str:
 
 def table(results: list[dict]) -> str:
     lines = ["| suite | method | π_φ feasible | accepted | missed | miss rate (95% CI) | kept | "
-             "reward gain / step | × verification | s / step |", "|" + "---|" * 10]
+             "reward gain / step | × verification | s / step | bound ≥ true cost (moved; kept) |",
+             "|" + "---|" * 11]
     for res in results:
         for name, m in res["methods"].items():
+            cov = m.get("bound_covers", {})
+            covers = "; ".join(f"{k}/{n}" for k, n in (cov.get("moved", (0, 0)), cov.get("kept", (0, 0)))) \
+                if any(n for _, n in cov.values()) else ""
             lines.append(
                 f"| {res['env']} | {label(name, res)} | {m['feasible']} | {m['accepted']} | {m['missed']} | "
                 f"{m['miss_rate']:.3f} ({m['miss_ci'][0]:.3f}-{m['miss_ci'][1]:.3f}) | {m['kept']} | "
-                f"{m['reward_gain']:.2f} | {m['gain_vs_verification']:.2f} | {m['s_per_step']:.3f} |")
+                f"{m['reward_gain']:.2f} | {m['gain_vs_verification']:.2f} | {m['s_per_step']:.3f} | "
+                f"{covers} |")
     return "\n".join(lines)
 
 

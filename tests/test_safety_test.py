@@ -41,6 +41,35 @@ def test_bound_equals_a_hand_computation() -> None:
     assert np.isinf(upper_bound(x[:1], 0.05, "t")).all()
 
 
+def test_moderated_bound_equals_a_hand_computation() -> None:
+    """safety_variance=moderated: s² → (s0² + s²)/2 on 2(m − 1) degrees of freedom, s0² the
+    tasks' mean variance."""
+    a, b = np.zeros((4, 1)), np.array([[1.0], [2.0], [4.0], [5.0]])  # s² 0 and 10/3
+    prior = st.prior_variance([a, b, np.ones((1, 1))])  # a task with one episode has no variance
+    assert prior[0] == pytest.approx(5 / 3, rel=1e-12)
+    t6 = 1.943180  # t_{0.95, 6} (tables)
+    assert upper_bound(a, 0.05, "t", prior_var=prior)[0] == pytest.approx(t6 * np.sqrt(5 / 6) / 2, rel=1e-6)
+    assert upper_bound(b, 0.05, "t", prior_var=prior)[0] == pytest.approx(3 + t6 * np.sqrt(2.5) / 2, rel=1e-6)
+    cfg = config(safety_variance="moderated", safety_alpha=0.1)  # own_bound: α/2 = 0.05
+    assert st.own_bound(a, cfg, prior)[0] == pytest.approx(t6 * np.sqrt(5 / 6) / 2, rel=1e-6)
+    assert st.own_bound(a, config(safety_alpha=0.1), prior)[0] == 0.0  # 'own' (default): no spread, bound 0
+
+
+def test_moderated_bound_covers_a_sparse_cost_where_the_own_t_does_not() -> None:
+    """Ten tasks × ten episodes of a sparse cost (200 with probability 0.05, else 0): the own-
+    sample t bound at 97.5% is 0 whenever all ten episodes are 0 (60% of tasks), the
+    moderated one covers the true mean 10 at its level."""
+    rng = np.random.default_rng(0)
+    own = mod = 0
+    for _ in range(200):
+        tasks = [(rng.random((10, 1)) < 0.05) * 200.0 for _ in range(10)]
+        prior = st.prior_variance(tasks)
+        own += sum(upper_bound(c, 0.025)[0] >= 10.0 for c in tasks)
+        mod += sum(upper_bound(c, 0.025, prior_var=prior)[0] >= 10.0 for c in tasks)
+    assert own / 2000 < 0.45  # (1 − 0.95^10 = 0.40 of tasks show any cost)
+    assert mod / 2000 >= 0.96
+
+
 def test_episode_surrogates_by_hand() -> None:
     """X_j = C_j + κ Σ_{t∈j} (ρ_t − 1) A_c / L̄ + λ_c Σ_{t∈j} KL_t / L̄ on 2 episodes of 2 steps."""
     ref, pol = _constant_policy(0.0), _constant_policy(0.2)
@@ -473,3 +502,19 @@ def test_benchmark_shards_share_one_rounds_file_without_cutting_a_line(tmp_path)
     rounds = sorted(rec["round"] for rec, _ in bench.records(f))
     assert rounds == [*range(1000, 1040), *range(2000, 2040)]  # every line whole, none lost
     assert len(f.read_text().splitlines()) == 80
+
+
+def test_benchmark_counts_how_often_the_bound_covers_the_true_cost() -> None:
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    bench = _bench()
+    rec = lambda moved, bound, true: {"moved": moved, "true_cost": [true], "test_bound": bound}  # noqa: E731
+    tasks = [rec(True, 20.0, 19.0), rec(True, 0.01, 9.1), rec(True, 5.0, 5.0), rec(False, 3.0, 12.0),
+             rec(False, 30.0, 12.0), rec(True, None, 40.0)]  # the last: a method without the test
+    o = {"feasible": 5, "accepted": 4, "missed": 1, "kept": 2, "gains": [1.0, 0.0], "times": [0.1],
+         "tasks": tasks}
+    r = SimpleNamespace(spec=SimpleNamespace(env="toy"))
+    res = bench.summary(Path("run"), r, np.array([25.0]), 10, 200, [], {"test": o}, 10)
+    assert res["methods"]["test"]["bound_covers"] == {"moved": [2, 3], "kept": [1, 2]}
+    assert "| 2/3; 1/2 |" in bench.table([res])

@@ -138,6 +138,12 @@ class SafeMetaConfig(GaussianConfig):
         "importance weights on the held-out episodes is below this share of them (the first-order "
         "surrogate is trusted only where π_k's episodes still cover the new policy's trajectories; "
         "car-circle: README); 0 disables", low=0, high=1)
+    safety_variance: str = param(
+        "own",
+        "safety test, t: the spread behind π_k's own cost bound: 'own' its episodes' sample variance; "
+        "'moderated' averaged with the mean variance over the tasks adapted together (Smyth's "
+        "moderated t), so that a task whose few episodes all cost 0 is not bounded at 0 (README)",
+        choices=("own", "moderated"))
     safety_range: float = param(
         0.0, "safety_test=bernstein: the range b of the per-episode cost surrogate (e.g. the horizon "
         "for a 0/1 cost); required there", low=0, high=1e12)

@@ -73,14 +73,18 @@ ACCEPTED, BACKED_OFF, KEPT = "accepted", "backed_off", "kept"
 
 
 # ---- statistics --------------------------------------------------------------------------
-def upper_bound(x: np.ndarray, alpha: float, kind: str = "t", value_range: float = 0.0) -> np.ndarray:
+def upper_bound(x: np.ndarray, alpha: float, kind: str = "t", value_range: float = 0.0,
+                prior_var: np.ndarray | None = None) -> np.ndarray:
     """(p,) one-sided (1 − α) upper confidence bound of the mean of the i.i.d. rows of x (m, p).
 
     "t": x̄ + (s/√m)·(t + max(ĝ, 0)(2t² + 1)/(6√m)), t = t_{1−α, m−1}, s with ddof 1 and ĝ the
     sample skewness (from 3 values on; Hall 1992's correction of the Student-t bound: a right-
     skewed sample, as episode costs and importance-weighted sums are, makes the plain t bound
-    too low exactly when the sample mean is low). "bernstein" (Maurer & Pontil 2009, Thm 4,
-    scaled to [0, b]): on x clipped to [0, b], x̄ + √(2 s² ln(2/α)/m) + 7 b ln(2/α)/(3(m−1)).
+    too low exactly when the sample mean is low). With `prior_var` s0² (p,), the moderated t
+    (Smyth 2004, with the prior's weight d0 = m − 1): s² becomes (s0² + s²)/2 on 2(m − 1)
+    degrees of freedom, so that a sample with no spread (ten episodes of a sparse cost, all
+    zero) does not state a bound of zero. "bernstein" (Maurer & Pontil 2009, Thm 4, scaled to
+    [0, b]): on x clipped to [0, b], x̄ + √(2 s² ln(2/α)/m) + 7 b ln(2/α)/(3(m−1)).
     +inf with fewer than 2 values (nothing can be stated)."""
     x = np.asarray(x, np.float64)
     m = len(x)
@@ -94,8 +98,18 @@ def upper_bound(x: np.ndarray, alpha: float, kind: str = "t", value_range: float
     if m >= 3:
         safe = np.where(std > 0, std, 1.0)
         skew = np.where(std > 0, ((x - mean) ** 3).mean(0) / safe**3, 0.0)
-    t = stats.t.ppf(1.0 - alpha, m - 1)
+    df = m - 1
+    if prior_var is not None:
+        std, df = np.sqrt((np.asarray(prior_var, np.float64) + std**2) / 2), 2 * (m - 1)
+    t = stats.t.ppf(1.0 - alpha, df)
     return mean + std / np.sqrt(m) * (t + np.maximum(skew, 0.0) * (2 * t**2 + 1) / (6 * np.sqrt(m)))
+
+
+def prior_variance(episodes: list[np.ndarray]) -> np.ndarray | None:
+    """(p,) the moderated t's prior s0²: the mean over the tasks of their episode costs' sample
+    variance (tasks with 2 episodes or more; None when none has)."""
+    var = [c.var(0, ddof=1) for c in episodes if len(c) >= 2]
+    return np.mean(var, axis=0) if var else None
 
 
 def half_width(std: np.ndarray, m: int, alpha: float, kind: str = "t",
@@ -202,10 +216,12 @@ class TestOutcome:
     estimate: np.ndarray  # (p,) held-out mean surrogate of that policy
 
 
-def own_bound(own: np.ndarray, cfg: SafeMetaConfig) -> np.ndarray:
+def own_bound(own: np.ndarray, cfg: SafeMetaConfig, prior_var: np.ndarray | None = None) -> np.ndarray:
     """(p,) the (1 − α/2) upper bound of J_c(π_k) from all of π_k's episodes (m, p): π_k was
-    fixed before they were drawn, so no selection touches this half of the test."""
-    return upper_bound(own, cfg.safety_alpha / 2, cfg.safety_test, cfg.safety_range)
+    fixed before they were drawn, so no selection touches this half of the test. `prior_var`:
+    the tasks' pooled variance, with `safety_variance = moderated` (t only)."""
+    prior = prior_var if cfg.safety_variance == "moderated" and cfg.safety_test == "t" else None
+    return upper_bound(own, cfg.safety_alpha / 2, cfg.safety_test, cfg.safety_range, prior)
 
 
 def change_alpha(cfg: SafeMetaConfig) -> float:
@@ -316,7 +332,8 @@ def adapt_tested(
     and whether a task is recovering (π_k's mean cost over d + δ)."""
     dev = torch.device(cfg.device)
     own_all = data.ep_cost if params.cost_type == "undiscounted" else data.ep_disc_cost
-    own_ubs = [own_bound(c, cfg) for c in own_all]
+    prior = prior_variance(own_all) if cfg.safety_variance == "moderated" else None
+    own_ubs = [own_bound(c, cfg, prior) for c in own_all]
     recovering = np.stack([c.mean(0) > params.bound for c in own_all])
     m_test = [len(c) for c in held.ep_cost]
     own_cand = cand.ep_cost if params.cost_type == "undiscounted" else cand.ep_disc_cost
