@@ -32,7 +32,8 @@ file is read again every round), which halves the cost of a round.
 
 Sharded over processes: `--shard I/N` does only the rounds whose index is I modulo N and
 appends them to OUT.rounds.jsonl (one write per round, so N processes may share the file);
-the same command without --shard then reads them all and writes OUT.json.
+the same command without --shard then reads them all and writes OUT.json (with
+`--recorded-only`, from the rounds recorded so far, measuring nothing: the interim numbers).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def recorded_verification(paths: list[Path], run_dir: Path, true_episodes: int,
 
 def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], test_sets: list[str],
             partial=None, rounds_file: Path | None = None,  # type: ignore[no-untyped-def]
-            verification_from: list[Path] = (), shard: tuple[int, int] = (0, 1)) -> dict:
+            verification_from: list[Path] = (), shard: tuple[int, int] = (0, 1),
+            recorded_only: bool = False) -> dict:
     from safemeta import config as C
     from safemeta.experiment.runner import load_algorithm
     from safemeta.meta_learner import Phase
@@ -135,17 +137,16 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
            for name in algos}
     key = json.dumps({"true_episodes": true_episodes, "sets": sets, "test_sets": test_sets})
     recorded = load_rounds(rounds_file, run_dir, key)
-    t0, done, rnd = time.perf_counter(), 0, 0
+    t0, done, rnd, counted = time.perf_counter(), 0, 0, 0
     while done < n_tasks:
         tasks = r.suite.sample_tasks(min(batch, n_tasks - done), rng, "train")
         if rnd in recorded:  # measured before this rerun
             for name, counts in recorded[rnd].items():
                 for k, v in counts.items():
                     out[name][k] += v
-            done += len(tasks)
-            rnd += 1
+            done, counted, rnd = done + len(tasks), counted + len(tasks), rnd + 1
             continue
-        if rnd % shard[1] != shard[0]:  # another shard's round (its tasks are drawn all the same)
+        if rnd % shard[1] != shard[0] or recorded_only:  # not this process's round (its tasks are drawn)
             done += len(tasks)
             rnd += 1
             continue
@@ -192,12 +193,11 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
                 out[name][k] += v
         if rounds_file is not None:
             append_record(rounds_file, {"run": str(run_dir), "key": key, "round": rnd, "counts": counts})
-        done += len(tasks)
-        rnd += 1
+        done, counted, rnd = done + len(tasks), counted + len(tasks), rnd + 1
         print(f"{run_dir}: {done}/{n_tasks} tasks, {time.perf_counter() - t0:.0f} s", flush=True)
         if partial is not None and shard[1] == 1:  # the numbers so far, in case the run is stopped
-            partial(summary(run_dir, r, limit, done, true_episodes, test_sets, out, episodes))
-    return summary(run_dir, r, limit, done, true_episodes, test_sets, out, episodes)
+            partial(summary(run_dir, r, limit, counted, true_episodes, test_sets, out, episodes))
+    return summary(run_dir, r, limit, counted, true_episodes, test_sets, out, episodes)
 
 
 def task_record(log: dict, cost_k: np.ndarray, cost: np.ndarray, moved: bool) -> dict:
@@ -273,6 +273,8 @@ def main() -> None:
                     help="take the verification's counts of the rounds recorded there (same run and --set)")
     ap.add_argument("--shard", default=None, metavar="I/N",
                     help="only the rounds with index I modulo N (needs --out; rerun without it for OUT.json)")
+    ap.add_argument("--recorded-only", action="store_true",
+                    help="write OUT.json from the rounds recorded so far (while shards run); measure nothing")
     args = ap.parse_args()
     shard = parse_shard(args.shard)
     if shard[1] > 1 and args.out is None:
@@ -288,7 +290,7 @@ def main() -> None:
     for run in args.run_dirs:
         rounds = args.out.with_suffix(".rounds.jsonl") if args.out else None
         results.append(measure(run, args.tasks, args.true_episodes, args.sets, args.test_sets, save, rounds,
-                               args.verification_from, shard))
+                               args.verification_from, shard, args.recorded_only))
         save()
     print()
     if shard[1] > 1:
