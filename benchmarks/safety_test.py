@@ -10,7 +10,9 @@ and reward of π_φ and of every adapted policy from a large fresh evaluation
 policy, not the noise of a 10-episode look.
 
     miss rate   = P(true cost of the adapted policy > d | π_φ truly feasible, step accepted)
-                  (95% Wilson interval)
+                  (95% Wilson interval); "clearly" when the true-cost estimate's own 95%
+                  interval lies above d (a sparse cost's 200-episode mean has a standard
+                  error of a few units near the limit)
     reward gain = mean over tasks of true reward(adapted) − true reward(π_φ) (a kept π_φ
                   gains 0), and its ratio to the verification's
     time        = wall time of one adaptation step per task
@@ -133,8 +135,8 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
     limit = first.cost_limit + first.relaxation()
     rng = np.random.default_rng(777)
     batch = r.cfg.meta_batch
-    out = {name: dict(feasible=0, accepted=0, missed=0, kept=0, gains=[], times=[], tasks=[])
-           for name in algos}
+    out = {name: dict(feasible=0, accepted=0, missed=0, kept=0, gains=[], times=[], tasks=[],
+                      missed_clearly=0, accepted_with_se=0) for name in algos}
     key = json.dumps({"true_episodes": true_episodes, "sets": sets, "test_sets": test_sets})
     recorded = load_rounds(rounds_file, run_dir, key)
     t0, done, rnd, counted = time.perf_counter(), 0, 0, 0
@@ -158,6 +160,7 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
         base = first.meta_policies(len(tasks))
         ev0 = first.collect(tasks, base, Phase.TEST_EVAL, 60_000 + rnd, episodes=true_episodes)
         cost0, rew0 = ev0.cost_return(first.cost_type), ev0.reward_return()
+        se0 = standard_errors(ev0, first.cost_type)
         feasible = np.all(cost0 <= limit, axis=1)
         for m, (name, algo) in enumerate(algos.items()):
             if name == VERIFICATION and reused is not None:  # the same round, measured by another run
@@ -171,18 +174,23 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
             adapted = algo.adapt(data, base)
             out[name]["times"].append((time.perf_counter() - ts) / len(tasks))
             moved = [i for i, a in enumerate(adapted) if a.policy is not base[i].policy]
-            cost, rew = cost0.copy(), rew0.copy()
+            cost, rew, se = cost0.copy(), rew0.copy(), se0.copy()
             if moved:
                 ev = first.collect([tasks[i] for i in moved], [adapted[i] for i in moved], Phase.TEST_EVAL,
                                    70_000 + 1000 * m + rnd, episodes=true_episodes)
                 cost[moved], rew[moved] = ev.cost_return(first.cost_type), ev.reward_return()
+                se[moved] = standard_errors(ev, first.cost_type)
             acc = np.zeros(len(tasks), bool)
             acc[moved] = True
             missed = feasible & acc & np.any(cost > limit, axis=1)
+            # over beyond the true-cost evaluation's own noise: its 95% interval lies above d
+            clearly = feasible & acc & np.any(cost - 1.96 * se > limit, axis=1)
             counts[name] = {"feasible": int(feasible.sum()), "accepted": int((feasible & acc).sum()),
                             "missed": int(missed.sum()), "kept": int((~acc).sum()),
+                            "missed_clearly": int(clearly.sum()),
+                            "accepted_with_se": int((feasible & acc).sum()),
                             "gains": (rew - rew0).tolist(), "times": [out[name]["times"].pop()],
-                            "tasks": [task_record(a.log, cost0[i], cost[i], i in moved)
+                            "tasks": [task_record(a.log, cost0[i], cost[i], i in moved, se0[i], se[i])
                                       for i, a in enumerate(adapted)]}
             for i in np.flatnonzero(missed):
                 t = counts[name]["tasks"][i]
@@ -200,12 +208,20 @@ def measure(run_dir: Path, n_tasks: int, true_episodes: int, sets: list[str], te
     return summary(run_dir, r, limit, counted, true_episodes, test_sets, out, episodes)
 
 
-def task_record(log: dict, cost_k: np.ndarray, cost: np.ndarray, moved: bool) -> dict:
-    """One task's step, for reading a miss: π_k's and the handed-out policy's true costs, and
-    what the method saw (its step's KL, back-offs, the test's bound and held-out estimate, the
-    candidate's surrogate cost)."""
+def standard_errors(ev, cost_type: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """(tasks, p) the standard error of each task's true-cost estimate (its episodes' spread)."""
+    eps = ev.ep_cost if cost_type == "undiscounted" else ev.ep_disc_cost
+    return np.stack([c.std(0, ddof=1) / np.sqrt(len(c)) for c in eps])
+
+
+def task_record(log: dict, cost_k: np.ndarray, cost: np.ndarray, moved: bool,
+                se_k: np.ndarray | None = None, se: np.ndarray | None = None) -> dict:
+    """One task's step, for reading a miss: π_k's and the handed-out policy's true costs (and
+    their standard errors), and what the method saw (its step's KL, back-offs, the test's bound
+    and held-out estimate, the candidate's surrogate cost)."""
     keys = ("kl", "backoffs", "test_bound", "test_estimate", "surrogate_cost")
-    return {"moved": moved, "true_cost_k": cost_k.tolist(), "true_cost": cost.tolist(),
+    errors = {} if se is None else {"true_cost_k_se": se_k.tolist(), "true_cost_se": se.tolist()}
+    return {"moved": moved, "true_cost_k": cost_k.tolist(), "true_cost": cost.tolist(), **errors,
             **{k: log.get(k) for k in keys}}
 
 
@@ -229,6 +245,8 @@ def summary(run_dir: Path, r, limit, n_tasks: int, true_episodes: int, test_sets
         ref_gain = gain if ref_gain is None else ref_gain
         res["methods"][name] = {
             "feasible": o["feasible"], "accepted": o["accepted"], "missed": o["missed"], "kept": o["kept"],
+            # of the accepted steps of the rounds recorded with the true costs' standard errors
+            "missed_clearly": [o.get("missed_clearly", 0), o.get("accepted_with_se", 0)],
             "miss_rate": o["missed"] / max(o["accepted"], 1), "miss_ci": [lo, hi],
             "reward_gain": gain, "gain_vs_verification": gain / ref_gain if ref_gain else float("nan"),
             "s_per_step": float(np.mean(o["times"])),
@@ -249,10 +267,12 @@ def table(results: list[dict]) -> str:
     for res in results:
         for name, m in res["methods"].items():
             cov = m.get("bound_covers", {})
+            c, n = m.get("missed_clearly", (0, 0))
+            missed = f"{m['missed']}" + (f" (clearly {c} of {n})" if n else "")
             covers = "; ".join(f"{k}/{n}" for k, n in (cov.get("moved", (0, 0)), cov.get("kept", (0, 0)))) \
                 if any(n for _, n in cov.values()) else ""
             lines.append(
-                f"| {res['env']} | {label(name, res)} | {m['feasible']} | {m['accepted']} | {m['missed']} | "
+                f"| {res['env']} | {label(name, res)} | {m['feasible']} | {m['accepted']} | {missed} | "
                 f"{m['miss_rate']:.3f} ({m['miss_ci'][0]:.3f}-{m['miss_ci'][1]:.3f}) | {m['kept']} | "
                 f"{m['reward_gain']:.2f} | {m['gain_vs_verification']:.2f} | {m['s_per_step']:.3f} | "
                 f"{covers} |")
