@@ -16,9 +16,8 @@ policy, not the noise of a 10-episode look.
     reward gain = mean over tasks of true reward(adapted) − true reward(π_φ) (a kept π_φ
                   gains 0), and its ratio to the verification's
     time        = wall time of one adaptation step per task
-    coverage    = how often the test's (1 − α) upper bound on the handed-out policy's cost
-                  (`test_bound`) is at least its true cost, for moved and for kept tasks
-                  (a kept π_k's bound is its own, at α/2)
+    coverage    = how often the test's (1 − α) upper bound on a moved policy's cost
+                  (`test_bound`) is at least its true cost
 
     python benchmarks/safety_test.py RUN_DIR [RUN_DIR ...] [--tasks 200] [--true-episodes 200]
                                      [--out results/safety_test.json] [--set KEY=VALUE ...]
@@ -94,9 +93,11 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 def append_record(path: Path, rec: dict) -> None:
     """One round's line, in a single write to a file opened for appending: shards sharing
     the rounds file never interleave their lines."""
+    data = ("\n" + json.dumps(rec) + "\n").encode()  # a line cut by a kill costs only itself
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, (json.dumps(rec) + "\n").encode())
+        while data:
+            data = data[os.write(fd, data):]
     finally:
         os.close(fd)
 
@@ -233,14 +234,14 @@ def summary(run_dir: Path, r, limit, n_tasks: int, true_episodes: int, test_sets
     ref_gain = None
     for name, o in out.items():
         lo, hi = wilson(o["missed"], o["accepted"])
-        # does the test's (1 − α) upper bound on the handed-out policy's cost cover its true cost?
-        # (rounds with per-task records; constraint 0; a kept π_k's bound is its own one)
-        cover = {"moved": [0, 0], "kept": [0, 0]}
+        # does the test's (1 − α) upper bound on a moved policy's cost cover its true cost? (rounds
+        # with per-task records; constraint 0. A kept π_k's record holds the bound of the last
+        # fraction tested, not π_k's own, so kept tasks are not counted)
+        cover = [0, 0]
         for t in o.get("tasks", []):
-            if t.get("test_bound") is not None:
-                c = cover["moved" if t["moved"] else "kept"]
-                c[0] += int(t["test_bound"] >= t["true_cost"][0])
-                c[1] += 1
+            if t.get("test_bound") is not None and t["moved"]:
+                cover[0] += int(t["test_bound"] >= t["true_cost"][0])
+                cover[1] += 1
         gain = float(np.mean(o["gains"]))
         ref_gain = gain if ref_gain is None else ref_gain
         res["methods"][name] = {
@@ -262,15 +263,14 @@ def label(name: str, res: dict) -> str:
 
 def table(results: list[dict]) -> str:
     lines = ["| suite | method | π_φ feasible | accepted | missed | miss rate (95% CI) | kept | "
-             "reward gain / step | × verification | s / step | bound ≥ true cost (moved; kept) |",
+             "reward gain / step | × verification | s / step | bound ≥ true cost (moved) |",
              "|" + "---|" * 11]
     for res in results:
         for name, m in res["methods"].items():
-            cov = m.get("bound_covers", {})
+            k, n = m.get("bound_covers", (0, 0))
+            covers = f"{k}/{n}" if n else ""
             c, n = m.get("missed_clearly", (0, 0))
             missed = f"{m['missed']}" + (f" (clearly {c} of {n})" if n else "")
-            covers = "; ".join(f"{k}/{n}" for k, n in (cov.get("moved", (0, 0)), cov.get("kept", (0, 0)))) \
-                if any(n for _, n in cov.values()) else ""
             lines.append(
                 f"| {res['env']} | {label(name, res)} | {m['feasible']} | {m['accepted']} | {missed} | "
                 f"{m['miss_rate']:.3f} ({m['miss_ci'][0]:.3f}-{m['miss_ci'][1]:.3f}) | {m['kept']} | "
@@ -299,6 +299,8 @@ def main() -> None:
     shard = parse_shard(args.shard)
     if shard[1] > 1 and args.out is None:
         raise SystemExit("--shard: needs --out, whose rounds file the shards share")
+    if args.recorded_only and args.out is None:
+        raise SystemExit("--recorded-only: needs --out, whose rounds file holds the rounds")
     results: list[dict] = []
 
     def save(current: dict | None = None) -> None:

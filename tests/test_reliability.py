@@ -117,6 +117,21 @@ def test_resume_with_fewer_iterations_is_one_line_and_changes_nothing(tmp_path: 
     assert {p.name: p.read_bytes() for p in reference.iterdir() if p.is_file()} == before
 
 
+def test_plain_resume_does_not_extend_a_run_to_the_preset_iterations(tmp_path: Path, capsys) -> None:
+    """Only an explicit --set iterations=N extends: a preset whose iterations differ from the
+    run's (e.g. changed since) is refused in one line, and nothing is touched."""
+    base = ["train", "--env", "tabular-grid", "--no-progress"] + [
+        a for k, v in SETS.items() if k != "iterations" for a in ("--set", f"{k}={v}")]
+    out = tmp_path / "run"
+    assert main([*base, "--set", "iterations=2", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main([*base, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "iterations: saved 2" in err and "by the preset" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_truncated_and_corrupted_checkpoints_fall_back(tmp_path: Path, reference: Path) -> None:
     out = tmp_path / "run"
     assert cli(out, "--set", "keep_checkpoints=5").returncode == 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 from bandit import config, params
 
+from safemeta.config import ConfigError
 from safemeta.core import safety_test as st
 from safemeta.core.safety_test import EpisodeSample, split_episodes, upper_bound
 from safemeta.nn.policy import GaussianPolicy
@@ -43,16 +44,27 @@ def test_bound_equals_a_hand_computation() -> None:
 
 def test_moderated_bound_equals_a_hand_computation() -> None:
     """safety_variance=moderated: s² → (s0² + s²)/2 on 2(m − 1) degrees of freedom, s0² the
-    tasks' mean variance."""
-    a, b = np.zeros((4, 1)), np.array([[1.0], [2.0], [4.0], [5.0]])  # s² 0 and 10/3
-    prior = st.prior_variance([a, b, np.ones((1, 1))])  # a task with one episode has no variance
-    assert prior[0] == pytest.approx(5 / 3, rel=1e-12)
+    other tasks' mean variance (leave-one-out), Hall's skewness taken with that spread."""
+    a, b, e = np.zeros((4, 1)), np.array([[1.0], [2.0], [4.0], [5.0]]), np.array([[0.0], [2], [0], [2]])
+    one, bad = np.ones((1, 1)), np.array([[1.0], [np.nan]])  # no variance; not finite: left out
+    priors = st.prior_variances([a, b, e, one, bad])
+    hand = [(10 / 3 + 4 / 3) / 2, (0 + 4 / 3) / 2, (0 + 10 / 3) / 2]
+    assert [p[0] for p in priors[:3]] == pytest.approx(hand)
+    assert priors[3][0] == pytest.approx((0 + 10 / 3 + 4 / 3) / 3)
+    assert st.prior_variances([a, b]) == [None, None]  # fewer than 2 other tasks: the own bound
     t6 = 1.943180  # t_{0.95, 6} (tables)
-    assert upper_bound(a, 0.05, "t", prior_var=prior)[0] == pytest.approx(t6 * np.sqrt(5 / 6) / 2, rel=1e-6)
-    assert upper_bound(b, 0.05, "t", prior_var=prior)[0] == pytest.approx(3 + t6 * np.sqrt(2.5) / 2, rel=1e-6)
+    hand = t6 * np.sqrt(7 / 6) / 2
+    assert upper_bound(a, 0.05, "t", prior_var=priors[0])[0] == pytest.approx(hand, rel=1e-6)
+    # skewed [0, 0, 0, 4]: mean 1, s² = 4, µ̂₃ = 6; prior 2: s̃² = 3, ĝ = 6/3^1.5
+    g = 6 / 3**1.5
+    hand = 1 + np.sqrt(3) / 2 * (t6 + g * (2 * t6**2 + 1) / 12)
+    skewed = np.array([[0.0], [0], [0], [4]])
+    assert upper_bound(skewed, 0.05, "t", prior_var=np.array([2.0]))[0] == pytest.approx(hand, rel=1e-6)
     cfg = config(safety_variance="moderated", safety_alpha=0.1)  # own_bound: α/2 = 0.05
-    assert st.own_bound(a, cfg, prior)[0] == pytest.approx(t6 * np.sqrt(5 / 6) / 2, rel=1e-6)
-    assert st.own_bound(a, config(safety_alpha=0.1), prior)[0] == 0.0  # 'own' (default): no spread, bound 0
+    assert st.own_bound(a, cfg, priors[0])[0] == pytest.approx(t6 * np.sqrt(7 / 6) / 2, rel=1e-6)
+    assert st.own_bound(a, config(safety_alpha=0.1), priors[0])[0] == 0.0  # 'own' (default): no spread, 0
+    with pytest.raises(ConfigError, match="safety_variance: got 'moderated' with safety_test=bernstein"):
+        config(safety_variance="moderated", safety_test="bernstein", safety_range=10.0)
 
 
 def test_moderated_bound_covers_a_sparse_cost_where_the_own_t_does_not() -> None:
@@ -63,9 +75,9 @@ def test_moderated_bound_covers_a_sparse_cost_where_the_own_t_does_not() -> None
     own = mod = 0
     for _ in range(200):
         tasks = [(rng.random((10, 1)) < 0.05) * 200.0 for _ in range(10)]
-        prior = st.prior_variance(tasks)
+        priors = st.prior_variances(tasks)
         own += sum(upper_bound(c, 0.025)[0] >= 10.0 for c in tasks)
-        mod += sum(upper_bound(c, 0.025, prior_var=prior)[0] >= 10.0 for c in tasks)
+        mod += sum(upper_bound(c, 0.025, prior_var=p)[0] >= 10.0 for c, p in zip(tasks, priors))
     assert own / 2000 < 0.45  # (1 − 0.95^10 = 0.40 of tasks show any cost)
     assert mod / 2000 >= 0.96
 
@@ -501,7 +513,7 @@ def test_benchmark_shards_share_one_rounds_file_without_cutting_a_line(tmp_path)
     assert [p.exitcode for p in procs] == [0, 0]
     rounds = sorted(rec["round"] for rec, _ in bench.records(f))
     assert rounds == [*range(1000, 1040), *range(2000, 2040)]  # every line whole, none lost
-    assert len(f.read_text().splitlines()) == 80
+    assert len([line for line in f.read_text().splitlines() if line]) == 80
 
 
 def test_benchmark_counts_how_often_the_bound_covers_the_true_cost() -> None:
@@ -516,5 +528,5 @@ def test_benchmark_counts_how_often_the_bound_covers_the_true_cost() -> None:
          "tasks": tasks}
     r = SimpleNamespace(spec=SimpleNamespace(env="toy"))
     res = bench.summary(Path("run"), r, np.array([25.0]), 10, 200, [], {"test": o}, 10)
-    assert res["methods"]["test"]["bound_covers"] == {"moved": [2, 3], "kept": [1, 2]}
-    assert "| 2/3; 1/2 |" in bench.table([res])
+    assert res["methods"]["test"]["bound_covers"] == [2, 3]  # kept tasks hold another bound: not counted
+    assert "| 2/3 |" in bench.table([res])

@@ -141,8 +141,8 @@ class SafeMetaConfig(GaussianConfig):
     safety_variance: str = param(
         "own",
         "safety test, t: the spread behind π_k's own cost bound: 'own' its episodes' sample variance; "
-        "'moderated' averaged with the mean variance over the tasks adapted together (Smyth's "
-        "moderated t), so that a task whose few episodes all cost 0 is not bounded at 0 (README)",
+        "'moderated' averaged with the mean variance of the other tasks adapted together (Smyth's "
+        "moderated t), so that a task whose few episodes all cost 0 is not bounded at 0 (docs/safety.md)",
         choices=("own", "moderated"))
     safety_range: float = param(
         0.0, "safety_test=bernstein: the range b of the per-episode cost surrogate (e.g. the horizon "
@@ -168,6 +168,9 @@ class SafeMetaConfig(GaussianConfig):
             raise ConfigError(f"test_episodes_per_task: got {self.test_episodes_per_task} with safety_test="
                               f"{self.safety_test}; accepted 0 (the training budget) or >= 3 (the test holds "
                               "episodes out)")
+        if self.safety_variance == "moderated" and self.safety_test != "t":
+            raise ConfigError(f"safety_variance: got 'moderated' with safety_test={self.safety_test}; "
+                              "accepted with safety_test=t (the moderated t), else 'own'")
         if self.safety_test == "bernstein" and not self.safety_range > 0:
             raise ConfigError("safety_range: got 0 with safety_test=bernstein; accepted the range b > 0 of "
                               "the per-episode cost surrogate (e.g. the horizon for a 0/1 cost)")

@@ -94,22 +94,28 @@ def upper_bound(x: np.ndarray, alpha: float, kind: str = "t", value_range: float
         x = np.clip(x, 0.0, value_range)
         return x.mean(0) + half_width(x.std(0, ddof=1), m, alpha, kind, value_range)
     mean, std = x.mean(0), x.std(0, ddof=1)
-    skew = np.zeros_like(mean)
-    if m >= 3:
-        safe = np.where(std > 0, std, 1.0)
-        skew = np.where(std > 0, ((x - mean) ** 3).mean(0) / safe**3, 0.0)
     df = m - 1
     if prior_var is not None:
         std, df = np.sqrt((np.asarray(prior_var, np.float64) + std**2) / 2), 2 * (m - 1)
+    skew = np.zeros_like(mean)  # µ̂₃ / s³, with the s the bound uses
+    if m >= 3:
+        safe = np.where(std > 0, std, 1.0)
+        skew = np.where(std > 0, ((x - mean) ** 3).mean(0) / safe**3, 0.0)
     t = stats.t.ppf(1.0 - alpha, df)
     return mean + std / np.sqrt(m) * (t + np.maximum(skew, 0.0) * (2 * t**2 + 1) / (6 * np.sqrt(m)))
 
 
-def prior_variance(episodes: list[np.ndarray]) -> np.ndarray | None:
-    """(p,) the moderated t's prior s0²: the mean over the tasks of their episode costs' sample
-    variance (tasks with 2 episodes or more; None when none has)."""
-    var = [c.var(0, ddof=1) for c in episodes if len(c) >= 2]
-    return np.mean(var, axis=0) if var else None
+def prior_variances(episodes: list[np.ndarray]) -> list[np.ndarray | None]:
+    """Per task, the moderated t's prior s0² (p,): the mean of the *other* tasks' sample
+    variances of their episode costs (leave-one-out, so that the prior is information the
+    task's own sample does not hold; tasks with 2 finite episodes or more). None, the own
+    bound, where fewer than 2 other tasks have one."""
+    var = [c.var(0, ddof=1) if len(c) >= 2 and np.all(np.isfinite(c)) else None for c in episodes]
+    out: list[np.ndarray | None] = []
+    for i in range(len(episodes)):
+        others = [v for j, v in enumerate(var) if j != i and v is not None]
+        out.append(np.mean(others, axis=0) if len(others) >= 2 else None)
+    return out
 
 
 def half_width(std: np.ndarray, m: int, alpha: float, kind: str = "t",
@@ -332,8 +338,8 @@ def adapt_tested(
     and whether a task is recovering (π_k's mean cost over d + δ)."""
     dev = torch.device(cfg.device)
     own_all = data.ep_cost if params.cost_type == "undiscounted" else data.ep_disc_cost
-    prior = prior_variance(own_all) if cfg.safety_variance == "moderated" else None
-    own_ubs = [own_bound(c, cfg, prior) for c in own_all]
+    priors = prior_variances(own_all) if cfg.safety_variance == "moderated" else [None] * len(own_all)
+    own_ubs = [own_bound(c, cfg, prior) for c, prior in zip(own_all, priors)]
     recovering = np.stack([c.mean(0) > params.bound for c in own_all])
     m_test = [len(c) for c in held.ep_cost]
     own_cand = cand.ep_cost if params.cost_type == "undiscounted" else cand.ep_disc_cost

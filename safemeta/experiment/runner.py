@@ -189,6 +189,10 @@ class Run:
                                     "use another --out or the same settings")
             before = have.get("config", {}).get("iterations", self.r.cfg.iterations)
             if before != self.r.cfg.iterations:
+                if not self._asked("iterations"):  # e.g. a preset that changed since: not an extension
+                    raise C.ConfigError(f"out: {self.dir} belongs to another config (iterations: saved "
+                                        f"{before}, requested {self.r.cfg.iterations} by the preset); use "
+                                        "another --out, or --set iterations=N to extend the run")
                 self._extend(before, want)
             return
         if self.dir.exists() and not self.dir.is_dir():
@@ -214,11 +218,20 @@ class Run:
         if now < before:
             raise C.ConfigError(f"iterations: saved {before}, requested {now}; a run can be extended "
                                 "(--resume with more iterations), not shortened; use another --out")
+        (self.dir / "DONE").unlink(missing_ok=True)  # first: its meta-test is of the shorter run
         diff = {**self.r.header(), "changed": C.diff(self.r.cfg)}
         for name, data in (("config_diff.yaml", diff), ("config.yaml", want)):
             checkpoint.write_atomic(self.dir / name, yaml.safe_dump(data, sort_keys=False).encode())
-        (self.dir / "DONE").unlink(missing_ok=True)  # its meta-test is of the shorter run
-        self.event(f"extended from {before} to {now} iterations")
+        tests = sorted(p.name for p in self.dir.glob("test*") if p.is_dir())
+        held = f"; {', '.join(tests)} hold meta-tests of the {before}-iteration policy" if tests else ""
+        self.event(f"extended from {before} to {now} iterations{held}")
+
+    def _asked(self, key: str) -> bool:
+        """Whether the user gave `key` (--set or --config), not the preset."""
+        given = dict(self.r.spec.overrides)
+        if self.r.spec.config_file:
+            given.update(C.load_yaml(self.r.spec.config_file))
+        return key in given
 
     def tasks(self, seq: np.random.SeedSequence) -> dict[str, list[Task]]:
         path = self.dir / "tasks.json"
