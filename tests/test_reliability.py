@@ -478,33 +478,33 @@ def cont(out: Path, *extra: str, fault: str | None = None) -> subprocess.Complet
                           capture_output=True, text=True, env=env)
 
 
+def assert_same_continuous_run(out: Path, ref: Path) -> None:
+    """Metrics rows and the final checkpoint's policy parameters are identical."""
+    import torch
+
+    assert comparable(out) == comparable(ref)
+    a, b = (checkpoint.read(checkpoint.list_checkpoints(d / "checkpoints")[-1])["algo"] for d in (ref, out))
+    flat = lambda s: torch.cat([v.flatten().float() for v in s["policy"].values()])  # noqa: E731
+    assert torch.equal(flat(a), flat(b))
+
+
 @pytest.mark.parametrize("fault", ["after_metrics:2", "before_rename.pt:3"])
 def test_kill_9_resume_is_exact_for_the_continuous_algorithm(tmp_path: Path, fault: str) -> None:
     """SafeMeta on point-circle: policy, critics, optimisers, normaliser and every RNG are
     in the checkpoint, so a resumed run equals the uninterrupted one, parameters included."""
-    import torch
-
     ref, out = tmp_path / "ref", tmp_path / "run"
     assert cont(ref).returncode == 0
     assert cont(out, fault=fault).returncode == -signal.SIGKILL
     res = cont(out, "--resume")
     assert res.returncode == 0, res.stderr
-    assert comparable(out) == comparable(ref)
-    a, b = (checkpoint.read(checkpoint.list_checkpoints(d / "checkpoints")[-1])["algo"] for d in (ref, out))
-    flat = lambda s: torch.cat([v.flatten().float() for v in s["policy"].values()])  # noqa: E731
-    assert torch.equal(flat(a), flat(b))
+    assert_same_continuous_run(out, ref)
 
 
 def test_extending_a_run_is_exact_for_the_continuous_algorithm(tmp_path: Path) -> None:
     """SafeMeta on point-circle, 2 iterations extended to 4, equals the 4-iteration run."""
-    import torch
-
     ref, out = tmp_path / "ref", tmp_path / "run"
     assert cont(ref).returncode == 0
     assert cont(out, "--set", "iterations=2").returncode == 0
     res = cont(out, "--resume")
     assert res.returncode == 0, res.stderr
-    assert comparable(out) == comparable(ref)
-    a, b = (checkpoint.read(checkpoint.list_checkpoints(d / "checkpoints")[-1])["algo"] for d in (ref, out))
-    flat = lambda s: torch.cat([v.flatten().float() for v in s["policy"].values()])  # noqa: E731
-    assert torch.equal(flat(a), flat(b))
+    assert_same_continuous_run(out, ref)
