@@ -270,6 +270,22 @@ def test_recovery_accepts_a_verified_decrease_only() -> None:
     assert kept >= 1 - alpha - 3 * np.sqrt(alpha * (1 - alpha) / seeds)
 
 
+def test_always_accepts_a_verified_decrease_where_pi_k_cannot_be_certified() -> None:
+    """π_k = N(0.1, 0.3²) is within the limit (1.0 ≤ 1.02), but 40 episodes bound its cost at
+    about 1.15: the default keeps π_k for a step to N(0, 0.3²) (0.9, lower; its halves 0.925,
+    0.956); with `safety_decrease = always` that step, or a half of it, is a verified decrease
+    and runs. A step to N(0.15, 0.3²) (1.125, and its halves 1.056 and 1.027: all over) is
+    still refused at rate ≥ 1 − α."""
+    seeds, alpha = 300, 0.05
+    bad, _, kept = _accept_rates(0.1, 0.0, 1.02, seeds, m=40)
+    assert bad == 0 and kept >= 0.85
+    bad, _, kept = _accept_rates(0.1, 0.0, 1.02, seeds, m=40, safety_decrease="always")
+    assert bad == 0 and kept <= 0.2
+    bad, _, kept = _accept_rates(0.1, 0.15, 1.02, seeds, m=40, safety_decrease="always")
+    assert bad <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / seeds)
+    assert kept >= 1 - alpha - 3 * np.sqrt(alpha * (1 - alpha) / seeds)
+
+
 # ---- the split ---------------------------------------------------------------------------------
 def _marked_rollout() -> Rollout:
     """Two tasks of uneven episodes, terminated and truncated; every transition's obs and

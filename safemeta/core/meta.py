@@ -144,6 +144,13 @@ class SafeMetaConfig(GaussianConfig):
         "'moderated' averaged with the mean variance of the other tasks adapted together (Smyth's "
         "moderated t), so that a task whose few episodes all cost 0 is not bounded at 0 (docs/safety.md)",
         choices=("own", "moderated"))
+    safety_decrease: str = param(
+        "recovering",
+        "safety test: where a step is also accepted as a verified decrease of cost (the change's upper "
+        "bound below 0): 'recovering' where π_k's mean cost is over d + δ; 'always' also where π_k's own "
+        "bound is over d + δ, so that a step that lowers the cost of a π_k near the limit may run (it "
+        "is then certified no worse than π_k, not under d: docs/safety.md)",
+        choices=("recovering", "always"))
     safety_range: float = param(
         0.0, "safety_test=bernstein: the range b of the per-episode cost surrogate (e.g. the horizon "
         "for a 0/1 cost); required there", low=0, high=1e12)

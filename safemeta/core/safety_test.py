@@ -255,13 +255,22 @@ def change_width(d: np.ndarray, m: int, cfg: SafeMetaConfig) -> np.ndarray:
     return half_width(d.std(0, ddof=1), m, alpha, cfg.safety_test, b)
 
 
+def decrease_allowed(recovering: np.ndarray, own_ub: np.ndarray, bound: np.ndarray,
+                     cfg: SafeMetaConfig) -> np.ndarray:
+    """(p,) the constraints on which a verified decrease is enough (`safety_decrease`): those π_k
+    violates (`recovering`), and with 'always' also those whose own bound is over d + δ."""
+    if cfg.safety_decrease == "always":
+        return recovering | (own_ub > bound)
+    return recovering
+
+
 def passes(change_ub: np.ndarray, own_ub: np.ndarray, bound: np.ndarray,
-           recovering: np.ndarray) -> np.ndarray:
+           decrease: np.ndarray) -> np.ndarray:
     """(p,) the test's rule per constraint: the upper bound on J_c of the new policy,
-    own_ub + change_ub, is ≤ d + δ; or, for a constraint π_k violates (`recovering`), the
-    change is a verified decrease, change_ub < 0 (the paired form of "the new policy's
-    upper bound is below π_k's own lower bound": one episode's cost is on both sides)."""
-    return (own_ub + change_ub <= bound) | (recovering & (change_ub < 0))
+    own_ub + change_ub, is ≤ d + δ; or, where a verified decrease is enough
+    (`decrease_allowed`), change_ub < 0 (the paired form of "the new policy's upper bound is
+    below π_k's own lower bound": one episode's cost is on both sides)."""
+    return (own_ub + change_ub <= bound) | (decrease & (change_ub < 0))
 
 
 def select_candidate(new: GaussianPolicy, policy_k: GaussianPolicy, part: EpisodeSample, m_test: int,
@@ -273,6 +282,7 @@ def select_candidate(new: GaussianPolicy, policy_k: GaussianPolicy, part: Episod
     the change's bound), with E_s[KL] ≤ verify_max_kl and `covered`. (policy, surrogate, kl, backoffs,
     found)."""
     theta_k, theta = policy_k.flat_params(), new.flat_params()
+    decrease = decrease_allowed(recovering, own_ub, params.bound, cfg)
     for k in range(cfg.max_backoffs + 1 if m_test >= 2 else 0):  # fewer held out: the test states nothing
         new.set_flat_params(theta_k + 0.5**k * (theta - theta_k))
         x, kl = episode_surrogates(new, policy_k, part, params.lam_c)
@@ -281,7 +291,7 @@ def select_candidate(new: GaussianPolicy, policy_k: GaussianPolicy, part: Episod
         d = x - part.ep_cost
         predicted = d.mean(0) + cfg.safety_inflate * change_width(d, m_test, cfg)
         trusted = (cfg.verify_max_kl <= 0 or kl <= cfg.verify_max_kl) and covered(new, part, cfg)
-        if np.all(passes(predicted, own_ub, params.bound, recovering)) and trusted:
+        if np.all(passes(predicted, own_ub, params.bound, decrease)) and trusted:
             return new, x.mean(0), kl, k, True
     return policy_k, part.ep_cost.mean(0) if part.m else np.zeros(len(params.bound)), 0.0, \
         cfg.max_backoffs + 1, False
@@ -300,10 +310,13 @@ def safety_test(candidate: GaussianPolicy, policy_k: GaussianPolicy, held: Episo
 
     P(a policy handed out has J_c > d + δ) ≤ α/2 (π_k's bound) + α/2 (the changes),
 
-    up to the accuracy of the bound and of the surrogate as a bound on J_c."""
+    up to the accuracy of the bound and of the surrogate as a bound on J_c; with
+    `safety_decrease = always`, for a π_k within d + δ (a verified decrease of a feasible
+    π_k stays feasible unless the change's bound fails)."""
     theta_k, theta = policy_k.flat_params(), candidate.flat_params()
     bound, estimate = own_ub, held.ep_cost.mean(0) if held.m else np.full(len(own_ub), np.nan)
     sequence = cfg.safety_multiplicity == "fixed_sequence"
+    decrease = decrease_allowed(recovering, own_ub, params.bound, cfg)
     fractions = [0.5**j for j in range(cfg.safety_retests)]
     passed: TestOutcome | None = None
     for f in fractions[::-1] if sequence else fractions:
@@ -312,7 +325,7 @@ def safety_test(candidate: GaussianPolicy, policy_k: GaussianPolicy, held: Episo
         x, _ = episode_surrogates(trial, policy_k, held, params.lam_c)
         ub = change_bound(x - held.ep_cost, cfg)
         bound, estimate = own_ub + ub, x.mean(0) if held.m else estimate
-        ok = bool(np.all(passes(ub, own_ub, params.bound, recovering)) and np.all(np.isfinite(x))
+        ok = bool(np.all(passes(ub, own_ub, params.bound, decrease)) and np.all(np.isfinite(x))
                   and covered(trial, held, cfg))
         if ok:
             passed = TestOutcome(trial, ACCEPTED if f == 1.0 else BACKED_OFF, f, bound, estimate)

@@ -547,7 +547,8 @@ def load_algorithm(run_dir: Path, *overrides: dict[str, Any], log: Callable[[str
 # was trained (networks, budgets of meta-training).
 TEST_SETTABLE = ("fallback", "safety_test", "safety_alpha", "safety_split", "safety_retests",
                  "safety_multiplicity", "safety_min_ess", "safety_inflate", "safety_range", "safety_variance",
-                 "eval_episodes", "eval_max_episodes", "eval_rel_width", "test_episodes_per_task")
+                 "safety_decrease", "eval_episodes", "eval_max_episodes", "eval_rel_width",
+                 "test_episodes_per_task")
 
 
 def test_run(run_dir: Path, n_tasks: int | None = None, steps: int | None = None,
