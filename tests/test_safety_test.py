@@ -286,6 +286,50 @@ def test_always_accepts_a_verified_decrease_where_pi_k_cannot_be_certified() -> 
     assert kept >= 1 - alpha - 3 * np.sqrt(alpha * (1 - alpha) / seeds)
 
 
+class _Captured(Exception):
+    pass
+
+
+def _dual_aim(monkeypatch: pytest.MonkeyPatch, limit_at: float, **over: object) -> tuple[float, float, float]:
+    """What the dual of `adapt_tested` aims at for one bandit task of π_k = N(0.1, 0.3²), 40
+    episodes: (the aim Ĵ_c(π_k) on the candidate part + its ucb, π_k's own bound, the mean of
+    its episodes), with the limit at `limit_at` between the mean (0) and the own bound (1)."""
+    from bandit import ZeroCritic, advantages, one_task_rollout
+
+    cfg = config(**over)
+    pk = _constant_policy(0.1)
+    roll = one_task_rollout(pk, n=400)
+    own_ub = float(st.own_bound(roll.ep_cost[0], cfg)[0])
+    mean = float(roll.ep_cost[0].mean())
+    par = params(cfg, [mean + limit_at * (own_ub - mean)])
+    cand, held = split_episodes(roll, cfg.safety_split, np.random.default_rng(0))
+    adv_c, adv_h = (advantages(r, ZeroCritic(), pk, cfg) for r in (cand, held))
+    seen: list[np.ndarray] = []
+
+    def capture(*args, ucbs, **kw):  # type: ignore[no-untyped-def]
+        seen.append(np.asarray(ucbs[0]))
+        raise _Captured
+
+    monkeypatch.setattr(st, "adapt_batch", capture)
+    with pytest.raises(_Captured):
+        st.adapt_tested([pk], roll, cand, held, [adv_c], [adv_h], par, cfg, np.random.default_rng(1))
+    return float(seen[0][0] + cand.ep_cost[0].mean()), own_ub, mean
+
+
+def test_the_dual_aims_at_the_rule_the_test_will_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Limit between π_k's mean and its own bound: by default the dual aims at the own bound
+    (the step must bring it under d); with `safety_decrease = always` at d + δ itself (a step
+    that does not raise the cost passes). π_k over the limit (recovering): the own bound
+    either way."""
+    aim, own_ub, mean = _dual_aim(monkeypatch, 0.5)
+    assert own_ub > mean + 0.05 and aim == pytest.approx(own_ub)
+    aim, own_ub, mean = _dual_aim(monkeypatch, 0.5, safety_decrease="always")
+    assert aim == pytest.approx(mean + 0.5 * (own_ub - mean))
+    for rule in ("recovering", "always"):
+        aim, own_ub, _ = _dual_aim(monkeypatch, -0.5, safety_decrease=rule)
+        assert aim == pytest.approx(own_ub)
+
+
 # ---- the split ---------------------------------------------------------------------------------
 def _marked_rollout() -> Rollout:
     """Two tasks of uneven episodes, terminated and truncated; every transition's obs and

@@ -356,8 +356,11 @@ def adapt_tested(
     recovering = np.stack([c.mean(0) > params.bound for c in own_all])
     m_test = [len(c) for c in held.ep_cost]
     own_cand = cand.ep_cost if params.cost_type == "undiscounted" else cand.ep_disc_cost
-    # the dual aims at π_k's bound: Ĵ_c(π_k) of the candidate part + this = own_ub
-    ucbs = [np.where(np.isfinite(ub), ub - c.mean(0), 0.0) for ub, c in zip(own_ubs, own_cand)]
+    # the dual aims at π_k's bound: Ĵ_c(π_k) of the candidate part + this = own_ub; where a
+    # decrease is enough without recovering (`safety_decrease = always`), at d + δ: no increase
+    aims = [np.where(decrease_allowed(r, ub, params.bound, cfg) & ~r, params.bound, ub)
+            for ub, r in zip(own_ubs, recovering)]
+    ucbs = [np.where(np.isfinite(a), a - c.mean(0), 0.0) for a, c in zip(aims, own_cand)]
 
     def select(i: int, new: GaussianPolicy, learner_k: GaussianPolicy
                ) -> tuple[GaussianPolicy, np.ndarray, float, int, bool]:
