@@ -154,7 +154,9 @@ def _accept_rates(mean_k: float, mean_c: float, limit: float, seeds: int, m: int
     bad = full = kept = 0
     for seed in range(seeds):
         held = _held_out(pk, m, np.random.default_rng(seed))
-        out = st.safety_test(cand, pk, held, st.own_bound(held.ep_cost, cfg), par, cfg, recovering)
+        own_ub = st.own_bound(held.ep_cost, cfg)
+        decrease = st.decrease_allowed(recovering, own_ub, par.bound, cfg)
+        out = st.safety_test(cand, pk, held, own_ub, par, cfg, decrease)
         kept += out.status == st.KEPT
         full += out.status == st.ACCEPTED
         bad += out.status != st.KEPT and _true_cost(out.policy) > ceiling
@@ -392,8 +394,8 @@ def test_a_rejected_candidate_never_collects_data(monkeypatch: pytest.MonkeyPatc
     refused = []
     real_test = st.safety_test
 
-    def spy_test(candidate, policy_k, held, own_ub, par, cfg, recovering):  # type: ignore[no-untyped-def]
-        out = real_test(candidate, policy_k, held, own_ub, par, cfg, recovering)
+    def spy_test(candidate, policy_k, held, own_ub, par, cfg, decrease):  # type: ignore[no-untyped-def]
+        out = real_test(candidate, policy_k, held, own_ub, par, cfg, decrease)
         if out.status != st.KEPT:
             passed.append(out.policy.flat_params().detach().cpu().clone())
         else:

@@ -274,7 +274,7 @@ def passes(change_ub: np.ndarray, own_ub: np.ndarray, bound: np.ndarray,
 
 
 def select_candidate(new: GaussianPolicy, policy_k: GaussianPolicy, part: EpisodeSample, m_test: int,
-                     own_ub: np.ndarray, params: AdaptParams, cfg: SafeMetaConfig, recovering: np.ndarray
+                     own_ub: np.ndarray, params: AdaptParams, cfg: SafeMetaConfig, decrease: np.ndarray
                      ) -> tuple[GaussianPolicy, np.ndarray, float, int, bool]:
     """Candidate selection on the candidate part: back off θ toward θ_k by halving until the
     candidate would pass the test with `m_test` held-out episodes, as predicted from the
@@ -282,7 +282,6 @@ def select_candidate(new: GaussianPolicy, policy_k: GaussianPolicy, part: Episod
     the change's bound), with E_s[KL] ≤ verify_max_kl and `covered`. (policy, surrogate, kl, backoffs,
     found)."""
     theta_k, theta = policy_k.flat_params(), new.flat_params()
-    decrease = decrease_allowed(recovering, own_ub, params.bound, cfg)
     for k in range(cfg.max_backoffs + 1 if m_test >= 2 else 0):  # fewer held out: the test states nothing
         new.set_flat_params(theta_k + 0.5**k * (theta - theta_k))
         x, kl = episode_surrogates(new, policy_k, part, params.lam_c)
@@ -298,9 +297,10 @@ def select_candidate(new: GaussianPolicy, policy_k: GaussianPolicy, part: Episod
 
 
 def safety_test(candidate: GaussianPolicy, policy_k: GaussianPolicy, held: EpisodeSample, own_ub: np.ndarray,
-                params: AdaptParams, cfg: SafeMetaConfig, recovering: np.ndarray) -> TestOutcome:
+                params: AdaptParams, cfg: SafeMetaConfig, decrease: np.ndarray) -> TestOutcome:
     """The held-out test of the candidate at fractions 1, 1/2, ... of its step; π_k itself
-    (the very object) when none passes. `own_ub`: `own_bound` of π_k's episodes.
+    (the very object) when none passes. `own_ub`: `own_bound` of π_k's episodes;
+    `decrease`: `decrease_allowed`.
 
     Bonferroni (`safety_multiplicity`): the fractions from the largest, each at α/(2K), the
     first that passes is handed out. Fixed sequence: from the smallest, each at α/2, stopping
@@ -316,7 +316,6 @@ def safety_test(candidate: GaussianPolicy, policy_k: GaussianPolicy, held: Episo
     theta_k, theta = policy_k.flat_params(), candidate.flat_params()
     bound, estimate = own_ub, held.ep_cost.mean(0) if held.m else np.full(len(own_ub), np.nan)
     sequence = cfg.safety_multiplicity == "fixed_sequence"
-    decrease = decrease_allowed(recovering, own_ub, params.bound, cfg)
     fractions = [0.5**j for j in range(cfg.safety_retests)]
     passed: TestOutcome | None = None
     for f in fractions[::-1] if sequence else fractions:
@@ -358,14 +357,14 @@ def adapt_tested(
     own_cand = cand.ep_cost if params.cost_type == "undiscounted" else cand.ep_disc_cost
     # the dual aims at π_k's bound: Ĵ_c(π_k) of the candidate part + this = own_ub; where a
     # decrease is enough without recovering (`safety_decrease = always`), at d + δ: no increase
-    aims = [np.where(decrease_allowed(r, ub, params.bound, cfg) & ~r, params.bound, ub)
-            for ub, r in zip(own_ubs, recovering)]
+    decrease = [decrease_allowed(r, ub, params.bound, cfg) for r, ub in zip(recovering, own_ubs)]
+    aims = [np.where(dec & ~r, params.bound, ub) for dec, r, ub in zip(decrease, recovering, own_ubs)]
     ucbs = [np.where(np.isfinite(a), a - c.mean(0), 0.0) for a, c in zip(aims, own_cand)]
 
     def select(i: int, new: GaussianPolicy, learner_k: GaussianPolicy
                ) -> tuple[GaussianPolicy, np.ndarray, float, int, bool]:
         part = EpisodeSample.of(cand, i, advs_c[i], learner_k, params.cost_type, dev)
-        return select_candidate(new, learner_k, part, m_test[i], own_ubs[i], params, cfg, recovering[i])
+        return select_candidate(new, learner_k, part, m_test[i], own_ubs[i], params, cfg, decrease[i])
 
     results = adapt_batch(policies_k, cand, advs_c, params, cfg, rng, select=select, ucbs=ucbs)
     for i, r in enumerate(results):
@@ -377,7 +376,7 @@ def adapt_tested(
             r.status, r.fraction, r.test_bound = KEPT, 0.0, own_ubs[i]
             r.test_estimate = held_i.ep_cost.mean(0) if held_i.m else np.full(len(params.bound), np.nan)
             continue
-        out = safety_test(r.policy.to(dev), pk, held_i, own_ubs[i], params, cfg, recovering[i])  # copies it
+        out = safety_test(r.policy.to(dev), pk, held_i, own_ubs[i], params, cfg, decrease[i])  # copies it
         r.status, r.fraction = out.status, out.fraction
         r.test_bound, r.test_estimate = out.bound, out.estimate
         if out.status == KEPT:
